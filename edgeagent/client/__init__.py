@@ -1,0 +1,1 @@
+"""edgeagent.client package."""

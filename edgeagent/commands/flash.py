@@ -1,0 +1,351 @@
+"""``edgeagent flash``: write a signed disk image to a device, verified before and after.
+
+What it does: lists candidate targets (no DEVICE); or checks the target's safety, gets the signed
+``(length, sha256)`` of IMAGE from a TUF registry (``--registry``) or a signed manifest
+(``--manifest``), both rooted in ``--trust ROOT.json``, and hands the write to
+`edgeagent.flash.writer` (verify the image, write the mapped chunks, read everything back); or,
+with ``--watch``, flashes every newly inserted candidate (a flashing station). ADR-0009 has the
+rules; docs/flash.md the operator's guide.
+
+Output contract: progress on stderr; one result line per target on stdout::
+
+    PASS /dev/sdb serial 4C530001: disk.img sha256:<hex> 200.0 MiB written and read back in 3.1 s
+    FAIL /dev/sdb serial 4C530001: <reason>
+
+Exit status: 0 when every target passed; 1 on a refusal, a verification failure or a failed
+write/read-back (the FAIL line names the target and serial, and "edgeagent: error: ..." follows
+on stderr); 2 on bad arguments.
+
+What it does not do: any trust, device or write logic of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import trio
+
+# tuf.api.metadata is the public API but re-exports these names implicitly (mypy strict).
+from tuf.api.metadata import TargetFile  # type: ignore[attr-defined]
+
+from edgeagent.client.updater import MetadataDir, Updater
+from edgeagent.errors import (
+    ConfigError,
+    EdgeAgentError,
+    FlashError,
+    UnsafeTargetError,
+    VerificationError,
+)
+from edgeagent.flash import devices
+from edgeagent.flash.manifest import check_image, verify_manifest
+from edgeagent.flash.plan import (
+    MiB,
+    TargetFacts,
+    WritePlan,
+    build_plan,
+    decide_target,
+    extents_from_bmap,
+    parse_bmap,
+)
+from edgeagent.flash.writer import Progress, flash_image, image_extents
+from edgeagent.registry.fetch import FetchConfig, HttpxFetcher
+from edgeagent.registry.protocol import RegistryLayout
+from edgeagent.store.cas import Store
+from edgeagent.verify.clock import TrustedClock
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+def _read(path: str, what: str, limit: int | None = None) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1 if limit else -1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from exc
+    if limit is not None and len(data) > limit:
+        raise ConfigError(f"{path}: {what} larger than {limit} bytes")
+    return data
+
+
+# Trust ----------------------------------------------------------------------------------
+
+
+async def _signed_target_tuf(
+    registry: str, root: bytes, name: str, store_dir: Path | None
+) -> TargetFile:
+    """Refresh TUF metadata from ``registry`` and return target ``name`` (nothing downloaded)."""
+    with (
+        tempfile.TemporaryDirectory(prefix="edgeagent-flash-") as tmp,
+        Store.open(store_dir or Path(tmp)) as store,
+    ):
+        metadata = MetadataDir(store.metadata_dir)
+        Updater.bootstrap(metadata, root)
+        clock = TrustedClock(store.state_dir)
+        async with HttpxFetcher(FetchConfig()) as fetcher:
+            layout = RegistryLayout.from_registry(registry)
+            updater = Updater(metadata, layout, fetcher, store, clock)
+            await updater.refresh()
+            info = await updater.get_target_info(name)
+    if info is None:
+        raise VerificationError(f"target {name}: not listed by any trusted targets role")
+    return info
+
+
+def _signed_target(args: argparse.Namespace, name: str) -> TargetFile:
+    if args.trust is None:
+        raise ConfigError("flash: --trust ROOT.json is required to verify the image")
+    root = _read(args.trust, "trusted root", MAX_MANIFEST_BYTES)
+    if args.manifest is not None:
+        data = _read(args.manifest, "manifest", MAX_MANIFEST_BYTES)
+        return verify_manifest(
+            root,
+            data,
+            name,
+            datetime.now(UTC),
+            manifest_source=args.manifest,
+            root_source=args.trust,
+        )
+    store = Path(args.store) if args.store else None
+    target: TargetFile = trio.run(_signed_target_tuf, args.registry, root, name, store)
+    return target
+
+
+# Plan -----------------------------------------------------------------------------------
+
+
+def _bmap_path(args: argparse.Namespace) -> str | None:
+    if args.bmap == "none":
+        return None
+    if args.bmap is not None:
+        return str(args.bmap)
+    auto = args.image + ".bmap"
+    return auto if os.path.exists(auto) else None
+
+
+def make_plan(fd: int, image: str, bmap: str | None) -> WritePlan:
+    """The write plan from a block map, else from SEEK_DATA/SEEK_HOLE on the open image.
+
+    Raises:
+        ConfigError: the block map is malformed or does not describe this image.
+    """
+    size = os.fstat(fd).st_size
+    if bmap is None:
+        return build_plan(image_extents(fd, size), size)
+    parsed = parse_bmap(_read(bmap, "block map"), bmap)
+    if parsed.image_size != size:
+        raise ConfigError(
+            f"{bmap}: field 'ImageSize': {parsed.image_size} does not match {image} ({size} bytes)"
+        )
+    return build_plan(extents_from_bmap(parsed), size)
+
+
+# Output ---------------------------------------------------------------------------------
+
+
+def _who(facts: TargetFacts) -> str:
+    return f"{facts.path} serial {facts.serial or 'unknown'}"
+
+
+def _describe(facts: TargetFacts) -> str:
+    model = facts.model or "unknown model"
+    return (
+        f"{facts.path:<14} {facts.size / MiB / 1024:8.2f} GiB  serial {facts.serial or '-':<20} "
+        f"{model}"
+    )
+
+
+def _confirm(facts: TargetFacts, image: str, yes: bool) -> None:
+    if yes or not facts.is_block:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError(f"flash: refusing to overwrite {facts.path} without --yes (no terminal)")
+    answer = input(f"Overwrite {_describe(facts)} with {image}? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise FlashError(f"{facts.path}: not confirmed; nothing written")
+
+
+@dataclass(slots=True)
+class _Job:
+    image: str
+    plan: WritePlan
+    signed: TargetFile
+    force: bool
+    fd: int
+
+    def check(self, length: int, sha256: str) -> None:
+        check_image(self.signed, length, sha256, self.image)
+
+    async def flash(self, facts: TargetFacts) -> bool:
+        """Flash one target; print its PASS/FAIL line. Returns whether it passed."""
+        try:
+            decision = decide_target(facts, self.plan, force=self.force)
+            if not decision.allowed:
+                raise UnsafeTargetError(
+                    "; ".join(r.message for r in decision.refusals)
+                    + ("" if self.force else " (see --force)")
+                )
+            for reason in decision.overridden:
+                print(f"flash: --force: {reason.message}", file=sys.stderr)
+            result = await flash_image(
+                self.fd,
+                self.image,
+                facts.path,
+                self.plan,
+                self.check,
+                exclusive="mounted" not in {r.code for r in decision.overridden},
+                progress=Progress(sys.stderr, f"{facts.path} "),
+            )
+        except EdgeAgentError as exc:
+            print(f"FAIL {_who(facts)}: {exc}", flush=True)
+            raise
+        total = sum(result.seconds.values())
+        print(
+            f"PASS {_who(facts)}: {os.path.basename(self.image)} sha256:{result.image_sha256} "
+            f"{result.written / MiB:.1f} MiB written and read back in {total:.1f} s",
+            flush=True,
+        )
+        return True
+
+
+# Commands -------------------------------------------------------------------------------
+
+
+def _list(args: argparse.Namespace) -> int:
+    found = devices.list_candidates(args.loop_backing)
+    if not found:
+        print("no candidate targets (removable or USB, unmounted, not the system disk)")
+    for facts in found:
+        print(_describe(facts))
+    return 0
+
+
+async def _watch(job: _Job, loop_backing: str | None, count: int | None) -> int:
+    failures = 0
+    flashed = 0
+    async with trio.open_nursery() as nursery:
+
+        async def on_target(facts: TargetFacts) -> None:
+            nonlocal failures, flashed
+            try:
+                await job.flash(facts)
+            except EdgeAgentError as exc:
+                failures += 1
+                print(f"edgeagent: error: {exc}", file=sys.stderr, flush=True)
+            flashed += 1
+            if count is not None and flashed >= count:
+                nursery.cancel_scope.cancel(reason=f"flash --watch: {flashed} targets done")
+
+        source = await nursery.start(_watch_task, on_target, loop_backing)
+        print(f"flash: watching {source} uevents for new targets", file=sys.stderr, flush=True)
+    return 1 if failures else 0
+
+
+async def _watch_task(
+    on_target: devices.OnTarget,
+    loop_backing: str | None,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await devices.watch(on_target, loop_backing=loop_backing, task_status=task_status)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    if args.device is None and not args.watch:
+        return _list(args)
+    if args.device is not None and args.watch:
+        raise ConfigError("flash: give DEVICE or --watch, not both")
+    if args.watch and not args.yes:
+        raise ConfigError("flash --watch: writes every inserted target; confirm with --yes")
+    if (args.registry is None) == (args.manifest is None):
+        raise ConfigError("flash: give exactly one trust source: --registry URL or --manifest M")
+    if args.count is not None and args.count < 1:
+        raise ConfigError(f"flash: --count must be >= 1, got {args.count}")
+    name = args.name or os.path.basename(args.image)
+    try:
+        fd = os.open(args.image, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"{args.image}: cannot open image: {exc.strerror}") from exc
+    try:
+        plan = make_plan(fd, args.image, _bmap_path(args))
+        facts = None
+        if args.device is not None:
+            facts = devices.target_facts(args.device, args.loop_backing)
+            decision = decide_target(facts, plan, force=args.force)
+            if not decision.allowed:
+                # Refuse before any network access or hashing.
+                reasons = "; ".join(r.message for r in decision.refusals)
+                print(f"FAIL {_who(facts)}: {reasons}", flush=True)
+                raise UnsafeTargetError(reasons + ("" if args.force else " (see --force)"))
+        signed = _signed_target(args, name)
+        job = _Job(args.image, plan, signed, args.force, fd)
+        if facts is None:
+            return trio.run(_watch, job, args.loop_backing, args.count)
+        _confirm(facts, args.image, args.yes)
+        trio.run(job.flash, facts)
+        return 0
+    finally:
+        os.close(fd)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``edgeagent flash``."""
+    p = sub.add_parser(
+        "flash",
+        help="write a signed disk image to a USB stick / SD card, verified before and after",
+        description=(
+            "Without DEVICE: list candidate targets (removable or USB, unmounted, not the "
+            "system disk). With DEVICE (a block device or a file): check the target is safe, "
+            "verify IMAGE's length and sha256 against the trust root (a TUF registry target, "
+            "or a signed manifest), write only the mapped blocks (IMAGE.bmap, --bmap, or "
+            "SEEK_DATA/SEEK_HOLE) with large aligned O_DIRECT writes, read every written "
+            "range back and compare its sha256, and print PASS or FAIL with the device's "
+            "serial number. --watch flashes every newly inserted target (a flashing station)."
+        ),
+        epilog=(
+            "Refused unless --force: a mounted target, one smaller than the image, one that is "
+            "neither removable nor USB, a partition. Always refused: the disk holding the "
+            "running system, a read-only target, one too small for the image's data. "
+            "Exit status: 0 all PASS, 1 refused/verification/write failure, 2 bad arguments."
+        ),
+    )
+    p.add_argument("image", metavar="IMAGE", help="raw disk image (e.g. host-os/out/disk.img)")
+    p.add_argument(
+        "device", metavar="DEVICE", nargs="?", help="target block device or file (omit to list)"
+    )
+    trust = p.add_argument_group("trust (exactly one of --registry or --manifest)")
+    trust.add_argument(
+        "--trust", metavar="ROOT.json", help="trusted root of the registry (e.g. 1.root.json)"
+    )
+    trust.add_argument("--registry", metavar="URL", help="TUF registry listing the image")
+    trust.add_argument(
+        "--manifest", metavar="M", help="offline: targets-format manifest signed by ROOT's keys"
+    )
+    trust.add_argument(
+        "--name", metavar="NAME", help="target name to look up (default: IMAGE's file name)"
+    )
+    trust.add_argument(
+        "--store",
+        metavar="DIR",
+        help="with --registry: keep trusted metadata here (rollback protection across runs)",
+    )
+    p.add_argument(
+        "--bmap",
+        metavar="FILE",
+        help="bmaptool XML block map (default: IMAGE.bmap if present; 'none': SEEK_DATA)",
+    )
+    p.add_argument("--force", action="store_true", help="override the soft safety refusals")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--watch", action="store_true", help="flash every newly inserted target")
+    p.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N targets")
+    p.add_argument(
+        "--loop-backing",
+        metavar="GLOB",
+        help="treat loop devices whose backing file matches GLOB as removable (testing)",
+    )
+    p.set_defaults(func=_handle)

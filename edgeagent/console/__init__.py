@@ -1,0 +1,1 @@
+"""The agent's diagnostics console: line editor, commands, serial/TCP service and client."""

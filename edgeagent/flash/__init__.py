@@ -1,0 +1,1 @@
+"""Flashing disk images onto edge hardware (``edgeagent flash``, ADR-0009)."""

@@ -1,0 +1,1 @@
+"""Health over the network: HTTP endpoints (`http`) and their pure renderers (`render`)."""

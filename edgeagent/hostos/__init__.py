@@ -1,0 +1,1 @@
+"""The host OS image: recipe validation (pure), layout and manifest (pure), build driver."""

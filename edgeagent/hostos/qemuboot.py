@@ -1,0 +1,171 @@
+"""Boot a host disk image in QEMU through OVMF and read its serial console (tests, bench).
+
+What it does: creates a network namespace with a TAP device (`Netns`), starts
+``qemu-system-x86_64 -machine q35 -accel tcg -cpu max`` with OVMF as pflash (a writable copy
+of the VARS file), the disk image as a virtio disk, the TAP as a virtio NIC and the serial
+port on a pty (`HostVm`), and yields the console lines with the time they arrived. The pty is
+used because QEMU runs inside the namespace, where its own 127.0.0.1 is not the test's.
+
+What it does not do: judge what it reads (the caller looks for the agent's JSON status line),
+build images, or touch any address outside the namespace it created. It is synchronous on
+purpose: the tests and the benchmark that use it run no trio code of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+from edgeagent.errors import VmError
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+_PTY_RE = re.compile(rb"char device redirected to (/dev/pts/\d+)")
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+class Netns:
+    """A network namespace with one TAP device ``tap0`` holding ``address`` (CIDR)."""
+
+    def __init__(self, name: str, address: str) -> None:
+        self.name = name
+        self.address = address
+        self.tap = "tap0"
+
+    def __enter__(self) -> Netns:
+        _ip("netns", "add", self.name)
+        try:
+            self.run("ip", "link", "set", "lo", "up")
+            self.run("ip", "tuntap", "add", "dev", self.tap, "mode", "tap")
+            self.run("ip", "addr", "add", self.address, "dev", self.tap)
+            self.run("ip", "link", "set", self.tap, "up")
+        except BaseException:
+            _ip("netns", "del", self.name)
+            raise
+        return self
+
+    def prefix(self) -> list[str]:
+        """The argv prefix that runs a command inside the namespace."""
+        return ["ip", "netns", "exec", self.name]
+
+    def run(self, *argv: str) -> None:
+        """Run a short command inside the namespace (raises on failure)."""
+        subprocess.run([*self.prefix(), *argv], check=True, capture_output=True)
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _ip("netns", "del", self.name)
+
+
+class HostVm:
+    """One QEMU process booting ``disk`` (a private copy is the caller's job)."""
+
+    def __init__(
+        self, disk: Path, workdir: Path, *, netns: Netns | None = None, mem_mb: int = 1024
+    ) -> None:
+        self.disk = disk
+        self.workdir = workdir
+        self.netns = netns
+        self.mem_mb = mem_mb
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pty_fd = -1
+        self.started = 0.0
+        self.log: list[str] = []
+
+    def argv(self) -> list[str]:
+        """The QEMU command line."""
+        vars_copy = self.workdir / "OVMF_VARS.fd"
+        if not vars_copy.exists():
+            shutil.copyfile(OVMF_VARS, vars_copy)
+        argv = [
+            "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "max",
+            "-m", str(self.mem_mb), "-nodefaults", "-display", "none", "-no-user-config",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+            "-drive", f"file={self.disk},if=virtio,format=raw,cache=unsafe",
+            "-serial", "pty",
+        ]
+        if self.netns is not None:
+            argv += [
+                "-netdev", f"tap,id=n0,ifname={self.netns.tap},script=no,downscript=no",
+                "-device", "virtio-net-pci,netdev=n0",
+            ]
+        else:
+            argv += ["-nic", "none"]
+        prefix = self.netns.prefix() if self.netns is not None else []
+        return [*prefix, *argv]
+
+    def __enter__(self) -> HostVm:
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            self.argv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        assert self.proc.stdout is not None
+        head = b""
+        while (m := _PTY_RE.search(head)) is None:
+            chunk = self.proc.stdout.read1(4096)
+            if not chunk:
+                raise VmError(f"qemu exited before opening its serial pty: {head!r}")
+            head += chunk
+        self.pty_fd = os.open(m.group(1), os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        return self
+
+    def lines(self, deadline_s: float) -> Iterator[tuple[float, str]]:
+        """Yield (seconds since QEMU started, line) until ``deadline_s`` after the start.
+
+        Raises:
+            VmError: QEMU exited; the message carries the last console lines.
+        """
+        buf = b""
+        end = self.started + deadline_s
+        while (left := end - time.monotonic()) > 0:
+            ready, _, _ = select.select([self.pty_fd], [], [], min(left, 1.0))
+            if not ready:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise VmError(f"qemu exited ({self.proc.returncode}): {self.tail()}")
+                continue
+            try:
+                chunk = os.read(self.pty_fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise VmError(f"serial pty closed: {exc}; {self.tail()}") from exc
+            buf += chunk
+            while b"\n" in buf:
+                raw, buf = buf.split(b"\n", 1)
+                line = raw.decode("utf-8", "replace").rstrip("\r")
+                self.log.append(line)
+                yield time.monotonic() - self.started, line
+
+    def tail(self, n: int = 40) -> str:
+        """The last ``n`` console lines, for failure messages."""
+        return "\n".join(self.log[-n:])
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.pty_fd >= 0:
+            os.close(self.pty_fd)
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()

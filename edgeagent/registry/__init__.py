@@ -1,0 +1,1 @@
+"""edgeagent.registry package."""
