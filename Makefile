@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 .PHONY: help demo test check lint fmt dev debs tender tender-asan images fuzz bench clean host-image host-image-check
 
 help:
-	@echo "make demo    - build images, start a signed registry on 127.0.0.1 and pull + boot from it"
+	@echo "make demo    - signed registry + agent on this machine: pull, boot, OTA update, rollback"
 	@echo "make test    - install what is needed, build the C parts, run the whole test suite"
 	@echo "make check   - lint (ruff, mypy) + test"
 	@echo "make bench   - run the benchmarks, write bench/results/ and print the tables"

@@ -45,6 +45,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "boot",
     "agent",
     "console",
+    "flash",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -130,6 +130,14 @@ def device_event(device: pyudev.Device, action: str | None = None) -> DeviceEven
     )
 
 
+def _read_event(device: pyudev.Device, action: str | None) -> DeviceEvent | None:
+    try:
+        return device_event(device, action)
+    except (OSError, LookupError) as exc:
+        log.info("hotplug: %s vanished while being read: %s", device.sys_name, exc)
+        return None
+
+
 async def watch_devices(
     context: pyudev.Context,
     source: str,
@@ -158,15 +166,25 @@ async def watch_devices(
         if enumerate_existing:
             for subsystem in WATCHED_SUBSYSTEMS:
                 for device in context.list_devices(subsystem=subsystem):
-                    await send.send(device_event(device, "add"))
+                    found = _read_event(device, "add")
+                    if found is not None:
+                        await send.send(found)
         while True:
             await trio.lowlevel.wait_readable(fd)
             while True:
-                device = monitor.poll(timeout=0)
+                try:
+                    device = monitor.poll(timeout=0)
+                except OSError as exc:
+                    # ENOBUFS after an event storm: some events were lost; keep watching.
+                    log.warning("hotplug: reading device events failed (%s); continuing", exc)
+                    break
                 if device is None:
                     break
-                if device.subsystem in WATCHED_SUBSYSTEMS:
-                    await send.send(device_event(device))
+                if device.subsystem not in WATCHED_SUBSYSTEMS:
+                    continue
+                event = _read_event(device, None)
+                if event is not None:
+                    await send.send(event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +240,13 @@ class HotplugService:
         send, recv = trio.open_memory_channel[DeviceEvent](16)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await nursery.start(watch_devices, self.context, self.source, send)
+            try:
+                await nursery.start(watch_devices, self.context, self.source, send)
+            except OSError as exc:
+                # The device works without hot-plug; say so loudly rather than stop the agent.
+                log.error("hotplug disabled: cannot watch %s device events: %s", self.source, exc)
+                task_status.started()
+                return
             task_status.started()
             # Media are applied only once the agent has recovered its state and runs.
             await self.agent.wait_running()

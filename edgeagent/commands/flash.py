@@ -22,6 +22,7 @@ What it does not do: any trust, device or write logic of its own.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import tempfile
@@ -43,8 +44,9 @@ from edgeagent.errors import (
     VerificationError,
 )
 from edgeagent.flash import devices
-from edgeagent.flash.manifest import check_image, verify_manifest
+from edgeagent.flash.manifest import SignedFile, check_file, from_target, signed_files
 from edgeagent.flash.plan import (
+    BlockMap,
     MiB,
     TargetFacts,
     WritePlan,
@@ -52,6 +54,7 @@ from edgeagent.flash.plan import (
     decide_target,
     extents_from_bmap,
     parse_bmap,
+    signed_ranges,
 )
 from edgeagent.flash.writer import Progress, flash_image, image_extents
 from edgeagent.registry.fetch import FetchConfig, HttpxFetcher
@@ -76,10 +79,10 @@ def _read(path: str, what: str, limit: int | None = None) -> bytes:
 # Trust ----------------------------------------------------------------------------------
 
 
-async def _signed_target_tuf(
-    registry: str, root: bytes, name: str, store_dir: Path | None
-) -> TargetFile:
-    """Refresh TUF metadata from ``registry`` and return target ``name`` (nothing downloaded)."""
+async def _signed_tuf(
+    registry: str, root: bytes, names: tuple[str, str], store_dir: Path | None
+) -> tuple[TargetFile | None, TargetFile | None]:
+    """Refresh TUF metadata from ``registry``; return the targets ``names`` (nothing downloaded)."""
     with (
         tempfile.TemporaryDirectory(prefix="edgeagent-flash-") as tmp,
         Store.open(store_dir or Path(tmp)) as store,
@@ -91,29 +94,33 @@ async def _signed_target_tuf(
             layout = RegistryLayout.from_registry(registry)
             updater = Updater(metadata, layout, fetcher, store, clock)
             await updater.refresh()
-            info = await updater.get_target_info(name)
-    if info is None:
-        raise VerificationError(f"target {name}: not listed by any trusted targets role")
-    return info
+            return (
+                await updater.get_target_info(names[0]),
+                await updater.get_target_info(names[1]),
+            )
 
 
-def _signed_target(args: argparse.Namespace, name: str) -> TargetFile:
+def _signed(
+    args: argparse.Namespace, name: str, bmap_name: str
+) -> tuple[SignedFile, SignedFile | None]:
+    """The signed image ``name`` and, when signed too, the block map ``bmap_name``."""
     if args.trust is None:
         raise ConfigError("flash: --trust ROOT.json is required to verify the image")
     root = _read(args.trust, "trusted root", MAX_MANIFEST_BYTES)
     if args.manifest is not None:
         data = _read(args.manifest, "manifest", MAX_MANIFEST_BYTES)
-        return verify_manifest(
-            root,
-            data,
-            name,
-            datetime.now(UTC),
-            manifest_source=args.manifest,
-            root_source=args.trust,
+        files = signed_files(
+            root, data, datetime.now(UTC), manifest_source=args.manifest, root_source=args.trust
         )
+        if name not in files:
+            listed = ", ".join(sorted(files)) or "nothing"
+            raise VerificationError(f"{args.manifest}: signs no file {name!r} (it signs {listed})")
+        return files[name], files.get(bmap_name)
     store = Path(args.store) if args.store else None
-    target: TargetFile = trio.run(_signed_target_tuf, args.registry, root, name, store)
-    return target
+    image, bmap = trio.run(_signed_tuf, args.registry, root, (name, bmap_name), store)
+    if image is None:
+        raise VerificationError(f"target {name}: not listed by any trusted targets role")
+    return from_target(image), from_target(bmap) if bmap is not None else None
 
 
 # Plan -----------------------------------------------------------------------------------
@@ -128,7 +135,9 @@ def _bmap_path(args: argparse.Namespace) -> str | None:
     return auto if os.path.exists(auto) else None
 
 
-def make_plan(fd: int, image: str, bmap: str | None) -> WritePlan:
+def make_plan(
+    fd: int, image: str, bmap: str | None, bmap_data: bytes | None = None
+) -> tuple[WritePlan, BlockMap | None]:
     """The write plan from a block map, else from SEEK_DATA/SEEK_HOLE on the open image.
 
     Raises:
@@ -136,13 +145,15 @@ def make_plan(fd: int, image: str, bmap: str | None) -> WritePlan:
     """
     size = os.fstat(fd).st_size
     if bmap is None:
-        return build_plan(image_extents(fd, size), size)
-    parsed = parse_bmap(_read(bmap, "block map"), bmap)
+        return build_plan(image_extents(fd, size), size), None
+    if bmap_data is None:
+        bmap_data = _read(bmap, "block map")
+    parsed = parse_bmap(bmap_data, bmap)
     if parsed.image_size != size:
         raise ConfigError(
             f"{bmap}: field 'ImageSize': {parsed.image_size} does not match {image} ({size} bytes)"
         )
-    return build_plan(extents_from_bmap(parsed), size)
+    return build_plan(extents_from_bmap(parsed), size), parsed
 
 
 # Output ---------------------------------------------------------------------------------
@@ -174,12 +185,18 @@ def _confirm(facts: TargetFacts, image: str, yes: bool) -> None:
 class _Job:
     image: str
     plan: WritePlan
-    signed: TargetFile
+    signed: SignedFile
     force: bool
     fd: int
+    ranges: list[tuple[int, int, str]] | None = None
+    bmap_sha256: str = ""
 
     def check(self, length: int, sha256: str) -> None:
-        check_image(self.signed, length, sha256, self.image)
+        if sha256 or self.ranges is None:
+            check_file(self.signed, length, sha256, self.image)
+        elif length != self.signed.length:
+            # Signed block map path: its ranges were checked while reading (ADR-0009 §1).
+            check_file(self.signed, length, "", self.image)
 
     async def flash(self, facts: TargetFacts) -> bool:
         """Flash one target; print its PASS/FAIL line. Returns whether it passed."""
@@ -200,14 +217,21 @@ class _Job:
                 self.check,
                 exclusive="mounted" not in {r.code for r in decision.overridden},
                 progress=Progress(sys.stderr, f"{facts.path} "),
+                ranges=self.ranges,
             )
         except EdgeAgentError as exc:
             print(f"FAIL {_who(facts)}: {exc}", flush=True)
             raise
         total = sum(result.seconds.values())
+        how = (
+            f"sha256:{result.image_sha256}"
+            if result.image_sha256
+            else f"signed bmap sha256:{self.bmap_sha256}"
+        )
+        phases = ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items())
         print(
-            f"PASS {_who(facts)}: {os.path.basename(self.image)} sha256:{result.image_sha256} "
-            f"{result.written / MiB:.1f} MiB written and read back in {total:.1f} s",
+            f"PASS {_who(facts)}: {os.path.basename(self.image)} {how} "
+            f"{result.written / MiB:.1f} MiB written and read back in {total:.1f} s ({phases})",
             flush=True,
         )
         return True
@@ -272,7 +296,9 @@ def _handle(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"{args.image}: cannot open image: {exc.strerror}") from exc
     try:
-        plan = make_plan(fd, args.image, _bmap_path(args))
+        bmap = _bmap_path(args)
+        bmap_data = _read(bmap, "block map") if bmap else None
+        plan, parsed = make_plan(fd, args.image, bmap, bmap_data)
         facts = None
         if args.device is not None:
             facts = devices.target_facts(args.device, args.loop_backing)
@@ -282,8 +308,14 @@ def _handle(args: argparse.Namespace) -> int:
                 reasons = "; ".join(r.message for r in decision.refusals)
                 print(f"FAIL {_who(facts)}: {reasons}", flush=True)
                 raise UnsafeTargetError(reasons + ("" if args.force else " (see --force)"))
-        signed = _signed_target(args, name)
+        bmap_name = os.path.basename(bmap) if bmap else f"{name}.bmap"
+        signed, signed_bmap = _signed(args, name, bmap_name)
         job = _Job(args.image, plan, signed, args.force, fd)
+        if bmap_data is not None and parsed is not None and signed_bmap is not None:
+            # A signed block map: its bytes must match, then its range sums are trusted.
+            job.bmap_sha256 = hashlib.sha256(bmap_data).hexdigest()
+            check_file(signed_bmap, len(bmap_data), job.bmap_sha256, str(bmap))
+            job.ranges = signed_ranges(parsed)
         if facts is None:
             return trio.run(_watch, job, args.loop_backing, args.count)
         _confirm(facts, args.image, args.yes)

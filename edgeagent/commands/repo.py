@@ -94,6 +94,13 @@ def _manifest_entry(item: str, kind: str, version: str) -> tuple[str, Path, dict
 
 def _cmd_sign_manifest(args: argparse.Namespace) -> int:
     entries = [_manifest_entry(item, "host-disk", args.version) for item in args.disk]
+    for name, file, _ in list(entries):
+        bmap = file.with_name(file.name + ".bmap")
+        if bmap.exists():
+            # Signing the block map lets flash verify only the mapped ranges (ADR-0009 §1).
+            entries.append(
+                (f"{name}.bmap", bmap, target_custom(version=args.version, kind="host-disk"))
+            )
     entries += [_manifest_entry(item, "host-slot", args.version) for item in args.slot]
     if not entries:
         raise ConfigError("repo sign-manifest: give at least one --disk or --slot")
@@ -322,7 +329,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         default=[],
         metavar="[NAME=]FILE",
-        help="whole disk image (kind host-disk; NAME defaults to the file name; repeatable)",
+        help="whole disk image (kind host-disk; NAME defaults to the file name; FILE.bmap, "
+        "if present, is signed too as NAME.bmap; repeatable)",
     )
     p.add_argument(
         "--slot",

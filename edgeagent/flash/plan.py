@@ -38,11 +38,16 @@ SYSTEM_MOUNTS: frozenset[str] = frozenset({"/", "/boot", "/boot/efi", "/efi", "/
 
 @dataclass(frozen=True, slots=True)
 class BlockMap:
-    """A parsed bmaptool block map: image size, block size, mapped block ranges (inclusive)."""
+    """A parsed bmaptool block map: image size, block size, mapped block ranges (inclusive).
+
+    ``checksums`` holds each range's sha256 (hex) when the map has ``ChecksumType`` sha256 and
+    every range carries one; otherwise it is empty.
+    """
 
     image_size: int
     block_size: int
     ranges: tuple[tuple[int, int], ...]
+    checksums: tuple[str, ...] = ()
 
 
 def _bmap_int(root: ET.Element, tag: str, source: str) -> int:
@@ -91,7 +96,13 @@ def parse_bmap(data: bytes, source: str) -> BlockMap:
     if node is None:
         raise ConfigError(f"{source}: missing field 'BlockMap'")
     ranges: list[tuple[int, int]] = []
+    sums: list[str] = []
+    ctype = root.find("ChecksumType")
+    sha256_map = ctype is not None and (ctype.text or "").strip() == "sha256"
     for rng in node.findall("Range"):
+        chksum = rng.get("chksum", "").strip().lower()
+        if len(chksum) == 64 and all(c in "0123456789abcdef" for c in chksum):
+            sums.append(chksum)
         text = (rng.text or "").strip()
         first_s, sep, last_s = text.partition("-")
         if not sep:
@@ -107,7 +118,8 @@ def parse_bmap(data: bytes, source: str) -> BlockMap:
         if ranges and first <= ranges[-1][1]:
             raise ConfigError(f"{source}: field 'Range' {text!r}: ranges must be sorted, disjoint")
         ranges.append((first, last))
-    return BlockMap(image_size, block_size, tuple(ranges))
+    checksums = tuple(sums) if sha256_map and len(sums) == len(ranges) else ()
+    return BlockMap(image_size, block_size, tuple(ranges), checksums)
 
 
 def extents_from_bmap(bmap: BlockMap) -> list[tuple[int, int]]:
@@ -116,6 +128,13 @@ def extents_from_bmap(bmap: BlockMap) -> list[tuple[int, int]]:
         (first * bmap.block_size, min((last + 1) * bmap.block_size, bmap.image_size))
         for first, last in bmap.ranges
     ]
+
+
+def signed_ranges(bmap: BlockMap) -> list[tuple[int, int, str]] | None:
+    """``(start, end, sha256)`` per mapped range, or None when the map has no sha256 sums."""
+    if not bmap.checksums:
+        return None
+    return [(s, e, c) for (s, e), c in zip(extents_from_bmap(bmap), bmap.checksums, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +305,8 @@ def usage_of(
     """
     nums = set(devnums)
     paths = set(devpaths)
-    mounted = sorted({m.mountpoint for m in mounts if m.devnum in nums})
+    # By device number, or by source path (btrfs and some others report anonymous numbers).
+    mounted = sorted({m.mountpoint for m in mounts if m.devnum in nums or m.source in paths})
     swap = [f"swap:{s}" for s in swaps if s in paths]
     system = [m for m in mounted if m in SYSTEM_MOUNTS] + swap
     return Usage(tuple(mounted + swap), tuple(system))

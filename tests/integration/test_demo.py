@@ -86,3 +86,37 @@ def test_demo_ends_with_v2_running_after_the_v3_rollback(tmp_path: Path) -> None
     # The demo's own folder holds the demo keys, not the checkout's demo/.
     assert (demo_dir / "registry" / "keys").is_dir()
     assert (demo_dir / "DEMO-KEYS-README.txt").exists()
+
+
+def test_demo_fails_loudly_with_the_agent_log_when_a_step_does_not_converge(
+    tmp_path: Path,
+) -> None:
+    # A "ticker" that is not an image: the agent refuses to boot it, and v1 never runs.
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "ticker.hvt").write_bytes(b"not an ELF image\n" * 64)
+    (images / "kvstore.hvt").write_bytes(_images(tmp_path).joinpath("kvstore.hvt").read_bytes())
+    demo_dir = tmp_path / "demo"
+    env = {
+        **os.environ,
+        "DEMO_DIR": str(demo_dir),
+        "DEMO_IMAGES": str(images),
+        "DEMO_STEP_TIMEOUT_S": "4",
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(DEMO_SCRIPT)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "demo: FAILED" in proc.stderr
+    assert "timed out after 4 s waiting for: ticker v1 running" in proc.stderr
+    assert "agent log tail" in proc.stderr
+    assert "ticker" in proc.stderr.split("agent log tail", 1)[1]
+    assert not (demo_dir / "final-status.json").exists()
+    assert _processes_mentioning(str(demo_dir)) == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -396,3 +397,197 @@ def test_repo_add_host_publishes_signed_slot_target(
     assert target.custom["edgeagent"]["kind"] == "host-slot"
     assert target.custom["edgeagent"]["version"] == "2.0"
     assert target.length == 12000
+
+
+@pytest.fixture(scope="module")
+def bmapped(work: Path, image: Path, repo: Repository) -> tuple[Path, Path]:
+    """A copy of the image with a real ``bmaptool create`` map, both signed in a manifest."""
+    if shutil.which("bmaptool") is None:
+        pytest.fail("bmaptool missing: apt-get install bmap-tools (Debian)")
+    folder = work / "bmapped"
+    folder.mkdir()
+    img = folder / "disk.img"
+    shutil.copyfile(image, img)
+    subprocess.run(["bmaptool", "-q", "create", "-o", f"{img}.bmap", str(img)], check=True)
+    manifest = folder / "manifest.json"
+    code = cli.main(
+        [
+            "repo",
+            "sign-manifest",
+            str(repo.path),
+            str(manifest),
+            "--version",
+            "1",
+            "--disk",
+            str(img),
+        ]
+    )
+    assert code == 0
+    return img, manifest
+
+
+def test_signed_block_map_verifies_only_mapped_ranges(
+    capsys: pytest.CaptureFixture[str], work: Path, repo: Repository, bmapped: tuple[Path, Path]
+) -> None:
+    capsys.readouterr()
+    img, manifest = bmapped
+    out_file = work / "out-bmap.img"
+    code, out, err = _run(capsys, str(img), str(out_file), *_trust(repo, manifest))
+    assert code == 0, err
+    assert "disk.img signed bmap sha256:" in out
+    assert out_file.read_bytes() == img.read_bytes()
+
+
+def test_tampered_mapped_range_fails_signed_block_map_before_writing(
+    capsys: pytest.CaptureFixture[str], work: Path, repo: Repository, bmapped: tuple[Path, Path]
+) -> None:
+    img, manifest = bmapped
+    evil = work / "evil-bmap"
+    evil.mkdir()
+    shutil.copyfile(f"{img}.bmap", evil / "disk.img.bmap")
+    data = bytearray(img.read_bytes())
+    data[12 * MiB + 10] ^= 0x55
+    (evil / "disk.img").write_bytes(bytes(data))
+    target = work / "evil-out.img"
+    code, _, err = _run(capsys, str(evil / "disk.img"), str(target), *_trust(repo, manifest))
+    assert code == 1
+    assert "do not match the sha256 in the signed block map" in err
+    assert not target.exists()
+
+
+def test_tampered_block_map_is_refused(
+    capsys: pytest.CaptureFixture[str], work: Path, repo: Repository, bmapped: tuple[Path, Path]
+) -> None:
+    img, manifest = bmapped
+    bad = work / "edited.bmap"
+    text = Path(f"{img}.bmap").read_text()
+    bad.write_text(text.replace("<BlockMap>", "<BlockMap>\n<!-- edited -->", 1))
+    code, _, err = _run(
+        capsys,
+        str(img),
+        str(work / "x-bmap.img"),
+        *_trust(repo, manifest),
+        "--bmap",
+        str(bad),
+        "--name",
+        "disk.img",
+    )
+    # The edited map is not the signed one: it is only an untrusted hint (whole-image sha256).
+    assert code == 0, err
+    signed_name = work / "disk.img.bmap"
+    signed_name.write_text(text.replace("<BlockMap>", "<BlockMap>\n<!-- edited -->", 1))
+    code, _, err = _run(
+        capsys,
+        str(img),
+        str(work / "y-bmap.img"),
+        *_trust(repo, manifest),
+        "--bmap",
+        str(signed_name),
+    )
+    assert code == 1
+    assert "disk.img.bmap: length 2" in err
+    assert "does not match the signed length" in err
+
+
+def test_host_build_manifest_format_is_accepted(
+    capsys: pytest.CaptureFixture[str], work: Path, image: Path, repo: Repository
+) -> None:
+    from edgeagent.hostos import manifest as mft
+    from edgeagent.publisher import keys as keystore
+
+    keyid = repo.root.signed.roles["targets"].keyids[0]
+    pair = keystore.load_key(repo.keys_dir, keyid)
+    assert pair is not None
+    disk = mft.Artifact("disk.img", IMAGE_SIZE, _sha(image.read_bytes()))
+    signed = mft.signed_part(
+        name="edgeos",
+        version="1",
+        created="2026-01-01T00:00:00Z",
+        kernel="linux",
+        disk=disk,
+        bmap=mft.Artifact("disk.img.bmap", 1, "0" * 64),
+        slots={},
+        ukis={},
+        partitions=[],
+    )
+    manifest = work / "host-manifest.json"
+    manifest.write_bytes(mft.sign_manifest(signed, [pair.signer]))
+    code, out, err = _run(
+        capsys, str(image), str(work / "host-out.img"), *_trust(repo, manifest), "--bmap", "none"
+    )
+    assert code == 0, err
+    assert out.startswith("PASS")
+    forged = manifest.read_bytes().replace(disk.sha256.encode(), b"1" * 64)
+    manifest.write_bytes(forged)
+    code, _, err = _run(capsys, str(image), str(work / "host-bad.img"), *_trust(repo, manifest))
+    assert code == 1
+    assert "signature" in err
+
+
+@pytest.mark.parametrize("signed_bmap", [False, True])
+async def test_image_swapped_after_verification_fails_read_back(
+    work: Path, image: Path, bmapped: tuple[Path, Path], signed_bmap: bool
+) -> None:
+    from edgeagent.commands.flash import make_plan
+    from edgeagent.errors import FlashError
+    from edgeagent.flash.plan import signed_ranges
+
+    img = work / f"swap-{signed_bmap}.img"
+    shutil.copyfile(image, img)
+    bmap_file = str(bmapped[0]) + ".bmap"
+    fd = os.open(img, os.O_RDWR)
+    try:
+        plan, parsed = make_plan(fd, str(img), bmap_file)
+        assert parsed is not None
+        ranges = signed_ranges(parsed) if signed_bmap else None
+        assert not signed_bmap or ranges
+
+        def swap_after_check(length: int, sha256: str) -> None:
+            # The trust check passed; now an attacker changes the image before the write.
+            os.pwrite(fd, b"\x00evil", 3 * MiB + 4096)
+
+        with pytest.raises(FlashError, match="read-back mismatch in bytes"):
+            await writer.flash_image(
+                fd,
+                str(img),
+                str(work / f"swap-out-{signed_bmap}.img"),
+                plan,
+                swap_after_check,
+                ranges=ranges,
+            )
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+async def test_unaligned_image_tail_and_buffered_writes_are_read_back(
+    work: Path, direct: bool
+) -> None:
+    from edgeagent.commands.flash import make_plan
+
+    img = work / f"odd-{direct}.img"
+    with img.open("wb") as f:
+        f.truncate(5 * MiB + 1000)
+        f.write(os.urandom(8192))
+        f.seek(5 * MiB - 100)
+        f.write(os.urandom(1100))
+    out_file = work / f"odd-out-{direct}.img"
+    seen: list[tuple[int, str]] = []
+    fd = os.open(img, os.O_RDONLY)
+    try:
+        plan, _ = make_plan(fd, str(img), None)
+        assert plan.chunks[-1].end == 5 * MiB + 1000
+        result = await writer.flash_image(
+            fd,
+            str(img),
+            str(out_file),
+            plan,
+            lambda length, sha: seen.append((length, sha)),
+            direct=direct,
+        )
+    finally:
+        os.close(fd)
+    assert seen == [(5 * MiB + 1000, _sha(img.read_bytes()))]
+    assert result.direct is direct
+    assert "readback" in result.seconds
+    assert out_file.read_bytes() == img.read_bytes()

@@ -150,6 +150,8 @@ def test_usage_finds_partitions_and_system_mounts() -> None:
     assert usb == Usage(("/media/usb stick",), ())
     sda = usage_of({"8:0", "8:1", "8:2"}, {"/dev/sda"}, mounts, [])
     assert sda.system == ("/boot",)
+    btrfs = [*mounts, parse_mountinfo("50 1 0:45 / /home rw - btrfs /dev/sdd1 rw\n")[0]]
+    assert usage_of({"8:48", "8:49"}, {"/dev/sdd", "/dev/sdd1"}, btrfs, []).mounted == ("/home",)
     swap = usage_of({"8:32", "8:34"}, {"/dev/sdc", "/dev/sdc2"}, mounts, ["/dev/sdc2"])
     assert swap.system == ("swap:/dev/sdc2",)
 
