@@ -104,6 +104,10 @@ class Desired:
     skipped: tuple[tuple[str, str], ...] = ()
 
 
+# Target kinds that carry host OS images (ADR 0003 §3, `repo add-host`), not guest workloads.
+HOST_KINDS = frozenset({"host-slot", "host-disk"})
+
+
 def _strings(obj: Mapping[str, object], key: str, where: str) -> tuple[str, ...]:
     value = obj.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -225,6 +229,9 @@ def desired_state(
             continue
         if not selects(entry.custom, device_id, groups):
             continue
+        section = entry.custom.get(CUSTOM_KEY)
+        if isinstance(section, dict) and section.get("kind") in HOST_KINDS:
+            continue  # Host OS images are for the host OTA (edgeagent.ota), not workloads.
         try:
             w = parse_workload(entry)
         except ConfigError as exc:

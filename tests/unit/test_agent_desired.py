@@ -170,3 +170,10 @@ def test_desired_state_respects_selectors_and_limits(
     for name in d.workloads:
         _n, ids, gs, _m = next(t for t in targets if t[0] == name)
         assert (not ids and not gs) or "dev-1" in ids or "lab" in gs
+
+
+def test_host_slot_targets_are_not_workloads_and_not_reported() -> None:
+    entries = [entry("host", kind="host-slot"), entry("ticker")]
+    result = desired_state(entries, device_id="dev-1", groups=(), max_workloads=10, max_mem_mb=100)
+    assert set(result.workloads) == {"ticker"}
+    assert result.skipped == ()
