@@ -54,7 +54,6 @@ GOAL_RSS_MIB = 60.0
 GOAL_CPU_PCT = 1.0
 _AGENT_CODE = (
     "import sys; from edgeagent import cli\n"
-    "if 'agent' not in cli.COMMAND_MODULES: cli.COMMAND_MODULES += ('agent',)\n"
     "sys.exit(cli.main())"
 )
 

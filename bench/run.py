@@ -23,7 +23,8 @@ END = "<!-- bench:end -->"
 
 def _load(path: Path) -> object:
     spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load benchmark module {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
@@ -32,9 +33,7 @@ def _load(path: Path) -> object:
 
 def update_readme() -> None:
     """Replace the README's bench section with every table in bench/results/."""
-    tables = []
-    for md in sorted(RESULTS.glob("*.md")):
-        tables.append(md.read_text().strip())
+    tables = [md.read_text().strip() for md in sorted(RESULTS.glob("*.md"))]
     readme = ROOT / "README.md"
     text = readme.read_text()
     if BEGIN not in text or END not in text:

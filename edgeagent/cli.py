@@ -35,24 +35,41 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-# Each module in edgeagent.commands registers one top-level subcommand (or a group).
-COMMAND_MODULES: tuple[str, ...] = (
-    "repo",
-    "pull",
-    "store",
-    "tuf_client",
-    "build",
-    "boot",
-    "agent",
-    "console",
-    "flash",
-)
+# Each module in edgeagent.commands registers one top-level subcommand (or a group), keyed
+# here by the command name a user types. Only the chosen command's module is imported, so a
+# command does not pay for the imports of all the others (trio, tuf, cryptography, ...).
+COMMANDS: dict[str, str] = {
+    "repo": "repo",
+    "pull": "pull",
+    "store": "store",
+    "tuf-client": "tuf_client",
+    "build": "build",
+    "boot": "boot",
+    "agent": "agent",
+    "console": "console",
+    "flash": "flash",
+}
+COMMAND_MODULES: tuple[str, ...] = tuple(COMMANDS.values())
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the top-level parser with every available subcommand registered."""
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in argv (the first word that is not a global option), if known."""
+    for word in argv:
+        if word in ("-v", "--verbose") or (word.startswith("-v") and set(word[1:]) == {"v"}):
+            continue
+        return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Return the top-level parser.
+
+    Args:
+        argv: the arguments about to be parsed; when they name a known command, only that
+            command's module is imported and registered. ``None`` registers every command.
+    """
     parser = argparse.ArgumentParser(
         prog="edgeagent",
         description=(
@@ -65,13 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (repeatable)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"edgeagent.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"edgeagent.commands.{name}":
-                continue  # Command not built yet in this checkout.
-            raise
+    chosen = _chosen_command(argv) if argv is not None else None
+    names = [COMMANDS[chosen]] if chosen else list(COMMAND_MODULES)
+    for name in names:
+        module = importlib.import_module(f"edgeagent.commands.{name}")
         module.register(sub)
     return parser
 
@@ -89,8 +103,9 @@ def _configure_logging(verbosity: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return the process exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(words)
+    args = parser.parse_args(words)
     _configure_logging(args.verbose)
     func: Handler | None = getattr(args, "func", None)
     if func is None:

@@ -19,12 +19,7 @@ from edgeagent.control import ConsolePolicy, SerialConsoleSettings
 from tests.fakes.fake_control import FakeControl
 
 DEADLINE_S = 30
-CLI = (
-    "import sys, edgeagent.cli as c\n"
-    "if 'console' not in c.COMMAND_MODULES:\n"
-    "    c.COMMAND_MODULES += ('console',)\n"
-    "sys.exit(c.main(sys.argv[1:]))\n"
-)
+CLI = "import sys, edgeagent.cli as c\nsys.exit(c.main(sys.argv[1:]))\n"
 SETTINGS = SerialConsoleSettings(
     path="",
     status_interval_s=0.05,  # periodic lines interleave with replies: the client must skip them

@@ -149,13 +149,8 @@ def is_state(name: str, version: str, state: str) -> Callable[[AgentSnapshot], b
 
 
 def agent_cmd(config: Path, *extra: str) -> list[str]:
-    """argv running ``edgeagent agent`` (registering the command if cli does not list it yet)."""
-    code = (
-        "import sys; from edgeagent import cli\n"
-        "if 'agent' not in cli.COMMAND_MODULES: cli.COMMAND_MODULES += ('agent',)\n"
-        "sys.exit(cli.main())"
-    )
-    return [sys.executable, "-c", code, "-v", "agent", "--config", str(config), *extra]
+    """argv running ``edgeagent agent`` with this interpreter."""
+    return [sys.executable, "-m", "edgeagent", "-v", "agent", "--config", str(config), *extra]
 
 
 def alive(pid: int) -> bool:

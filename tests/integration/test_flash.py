@@ -33,23 +33,12 @@ IMAGE_SIZE = 16 * MiB
 DATA = [(0, 64 * 1024), (3 * MiB, 3 * MiB + 5000), (12 * MiB, 8192)]
 PATTERN = b"\xaa"
 
-CLI = (
-    "import edgeagent.cli as c\n"
-    "c.COMMAND_MODULES += () if 'flash' in c.COMMAND_MODULES else ('flash',)\n"
-    "raise SystemExit(c.main())\n"
-)
+CLI = "import edgeagent.cli as c\nraise SystemExit(c.main())\n"
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not Path("/dev/loop-control").exists(),
     reason="needs root and loop devices (losetup)",
 )
-
-
-@pytest.fixture(autouse=True)
-def _flash_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Until the lead adds "flash" to cli.COMMAND_MODULES.
-    if "flash" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "flash"))
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
