@@ -60,13 +60,13 @@ test: debs dev tender images
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: dev
-	@$(VENV)/bin/ruff check edgeagent tests bench
-	@$(VENV)/bin/ruff format --check edgeagent tests bench
+	@$(VENV)/bin/ruff check edgeagent tests bench scripts
+	@$(VENV)/bin/ruff format --check edgeagent tests bench scripts
 	@$(VENV)/bin/mypy
 
 fmt: dev
-	@$(VENV)/bin/ruff format edgeagent tests bench
-	@$(VENV)/bin/ruff check --fix edgeagent tests bench
+	@$(VENV)/bin/ruff format edgeagent tests bench scripts
+	@$(VENV)/bin/ruff check --fix edgeagent tests bench scripts
 
 check: lint test
 
