@@ -291,10 +291,15 @@ int tnd_write_all(int fd, const void *buf, size_t len);
 /* ------------------------------------------------------------------ */
 
 /*
- * Open /dev/kvm, check the API version and capabilities, create the VM
- * and vCPU, map kvm_run, and allocate zeroed guest RAM (MAP_NORESERVE) of
- * vm->mem_size bytes registered as memslot 0. Returns 0, or 1 with *stop
- * (status 241).
+ * Allocate zeroed guest RAM of vm->mem_size bytes (MAP_NORESERVE) at
+ * vm->mem. Returns 0, or 1 with *stop (status 241).
+ */
+int tnd_guest_mem_alloc(struct tnd_vm *vm, struct tnd_stop *stop);
+
+/*
+ * Open /dev/kvm, check the API version and capabilities, create the VM,
+ * register vm->mem (from tnd_guest_mem_alloc) as memslot 0, create the
+ * vCPU and map kvm_run. Returns 0, or 1 with *stop (status 241).
  */
 int tnd_kvm_init(struct tnd_vm *vm, struct tnd_stop *stop);
 
@@ -358,11 +363,52 @@ int tnd_net_read(struct tnd_vm *vm, uint64_t gpa, struct tnd_stop *stop);
 /* Sandbox (tnd_seccomp.c)                                              */
 /* ------------------------------------------------------------------ */
 
+/* Room for the allowlist: 10 fixed rules plus 2 per device, each at most
+ * 11 instructions, well below the kernel's BPF_MAXINSNS (4096). */
+#define TND_SECCOMP_MAX_INSNS 2048u
+
+struct sock_filter;
+
+/*
+ * [pure] Write the seccomp allowlist for vm (its vCPU, events and device
+ * fds) as classic BPF into f (cap instructions). Returns the number of
+ * instructions, or 0 if they do not fit. Every rule has one comment in
+ * tnd_seccomp.c; anything not allowed returns SECCOMP_RET_KILL_PROCESS.
+ */
+size_t tnd_seccomp_build(const struct tnd_vm *vm, struct sock_filter *f,
+                         size_t cap);
+
 /*
  * Install the seccomp allowlist for the run loop: only the syscalls (and,
- * where possible, the fds and ioctls) the run loop needs. A no-op in the
- * -debug build (TND_NO_SANDBOX). Returns 0, or 1 with *stop (241).
+ * where possible, the fds and ioctls) the run loop needs. Sets
+ * no_new_privs first. A no-op in the -debug build (TND_NO_SANDBOX).
+ * Returns 0, or 1 with *stop (241).
  */
 int tnd_sandbox(const struct tnd_vm *vm, struct tnd_stop *stop);
+
+/* ------------------------------------------------------------------ */
+/* Text formatting without a C library (tnd_fmt.c) [pure]               */
+/* ------------------------------------------------------------------ */
+
+#include <stdarg.h>
+
+/*
+ * [pure] vsnprintf for the conversions the tender uses (flags - 0, width,
+ * precision, hh h l ll z j t, d i u x X c s p %): writes at most size
+ * bytes including the NUL to buf and returns the full length, as C's
+ * vsnprintf. The release build's snprintf/vsnprintf (tnd_nolibc.c).
+ */
+int tnd_vformat(char *buf, size_t size, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+int tnd_format(char *buf, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/*
+ * [pure] glibc's strerror() text for err, or "Unknown error N" written to
+ * buf (size bytes) for errors outside its table. The release build's
+ * strerror (tnd_nolibc.c).
+ */
+const char *tnd_strerror_text(int err, char *buf, size_t size);
+
 
 #endif /* TND_H */

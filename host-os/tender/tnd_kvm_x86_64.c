@@ -1,12 +1,13 @@
 /*
  * tnd_kvm_x86_64.c: KVM setup and the vCPU run loop for x86_64 hvt guests.
  *
- * Creates one VM with one vCPU and one memslot of zeroed guest RAM
- * (MAP_NORESERVE, so a large --mem costs nothing until touched), builds
- * the boot GDT and identity page tables, starts the vCPU directly in long
- * mode, and runs it: port I/O on 0x500+nr is a hypercall, everything else
- * stops the VM with a distinct status (242 bad port, 243 KVM fault) and a
- * "fault" event carrying the registers. No irqchip, no interrupts.
+ * Allocates zeroed guest RAM (MAP_NORESERVE, so a large --mem costs
+ * nothing until touched), creates one VM with one vCPU and registers the
+ * RAM as its one memslot, builds the boot GDT and identity page tables,
+ * starts the vCPU directly in long mode, and runs it: port I/O on
+ * 0x500+nr is a hypercall, everything else stops the VM with a distinct
+ * status (242 bad port, 243 KVM fault) and a "fault" event carrying the
+ * registers. No irqchip, no interrupts.
  *
  * It does not parse images or decide what a hypercall does (tnd_core.c).
  */
@@ -53,6 +54,20 @@ void tnd_x86_setup_memory(uint8_t *mem, uint64_t mem_size)
               a | PTE_P | (a >= HVT_GUEST_MIN_BASE ? PTE_RW : 0));
 }
 
+int tnd_guest_mem_alloc(struct tnd_vm *vm, struct tnd_stop *stop)
+{
+    vm->mem = mmap(NULL, vm->mem_size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (vm->mem == MAP_FAILED) {
+        vm->mem = NULL;
+        return tnd_stop_set(stop, TND_EXIT_SETUP, "setup",
+                            "cannot map %llu MiB of guest memory: %s",
+                            (unsigned long long)(vm->mem_size >> 20),
+                            strerror(errno));
+    }
+    return 0;
+}
+
 int tnd_kvm_init(struct tnd_vm *vm, struct tnd_stop *stop)
 {
     struct kvm_userspace_memory_region region;
@@ -76,15 +91,6 @@ int tnd_kvm_init(struct tnd_vm *vm, struct tnd_stop *stop)
     if (vm->vm_fd < 0)
         return tnd_stop_set(stop, TND_EXIT_SETUP, "setup",
                             "KVM_CREATE_VM failed: %s", strerror(errno));
-    vm->mem = mmap(NULL, vm->mem_size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (vm->mem == MAP_FAILED) {
-        vm->mem = NULL;
-        return tnd_stop_set(stop, TND_EXIT_SETUP, "setup",
-                            "cannot map %llu MiB of guest memory: %s",
-                            (unsigned long long)(vm->mem_size >> 20),
-                            strerror(errno));
-    }
     memset(&region, 0, sizeof(region));
     region.slot = 0;
     region.guest_phys_addr = 0;

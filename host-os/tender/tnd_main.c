@@ -2,9 +2,10 @@
  * tnd_main.c: edge-tender entry point and the fixed setup order.
  *
  *   parse argv -> validate the image (ELF, ABI1, MFT1) and match devices
- *   -> allocate (KVM VM, vCPU, guest RAM) -> attach devices -> load the
- *   image, write-protect text/rodata, build page tables and boot info
- *   -> install the seccomp allowlist -> run the vCPU -> exit.
+ *   -> allocate guest RAM, load the image, write-protect text/rodata,
+ *   build page tables -> create the KVM VM and vCPU, attach devices
+ *   -> vCPU state and boot info -> install the seccomp allowlist -> run
+ *   the vCPU -> exit.
  *
  * Every way out goes through tnd_finish(), which prints one stderr line,
  * writes the "exit" event and exits with the status table in README.md.
@@ -181,7 +182,18 @@ int main(int argc, char *argv[])
         tnd_finish(vm.events_fd, &stop);
     }
 
-    /* Allocate and attach. */
+    /* Guest RAM: load, protect, page tables. This comes before the VM
+     * exists: once it does, every mprotect/munmap in this process also
+     * runs KVM's MMU notifier. */
+    if (tnd_guest_mem_alloc(&vm, &stop) != 0)
+        tnd_finish(vm.events_fd, &stop);
+    tnd_elf_load(image, &img, vm.mem);
+    munmap((void *)(uintptr_t)image, image_len);
+    if (tnd_kvm_protect(&vm, &img, &stop) != 0)
+        tnd_finish(vm.events_fd, &stop);
+    tnd_x86_setup_memory(vm.mem, vm.mem_size);
+
+    /* KVM VM and vCPU, devices, then the boot state. */
     if (tnd_kvm_init(&vm, &stop) != 0)
         tnd_finish(vm.events_fd, &stop);
     for (uint32_t i = 1; i < vm.mft.entries; i++) {
@@ -191,13 +203,6 @@ int main(int argc, char *argv[])
         if (rc != 0)
             tnd_finish(vm.events_fd, &stop);
     }
-
-    /* Load, protect, and prepare the boot state. */
-    tnd_elf_load(image, &img, vm.mem);
-    munmap((void *)(uintptr_t)image, image_len);
-    if (tnd_kvm_protect(&vm, &img, &stop) != 0)
-        tnd_finish(vm.events_fd, &stop);
-    tnd_x86_setup_memory(vm.mem, vm.mem_size);
     if (tnd_kvm_vcpu_init(&vm, img.entry, &tsc_hz, &stop) != 0)
         tnd_finish(vm.events_fd, &stop);
     write_boot_info(&vm, &img, tsc_hz, cmdline);

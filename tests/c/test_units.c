@@ -1,17 +1,26 @@
 /*
  * test_units.c: unit tests for edge-tender's pure validators: argument
  * parsing, the checked guest-address accessor, ELF header/segment/note
- * validation, manifest validation and device matching, JSON escaping and
- * the page-table builder. Built with ASan + UBSan by `make check`.
+ * validation, manifest validation and device matching, JSON escaping, the
+ * page-table builder, the seccomp allowlist (run on a small classic-BPF
+ * interpreter against the syscalls it must allow and refuse), and the
+ * release build's snprintf and strerror (tnd_fmt.c), compared with
+ * glibc's. Built with ASan + UBSan by `make check`.
  *
  * Images are synthesised in memory (one valid image, then one mutation per
  * rule), and the real regression guests in tests/c/build/ are validated
  * too when present. Prints one summary line; exits 1 on any failure.
  */
 #include <elf.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/kvm.h>
+#include <linux/seccomp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <sys/syscall.h>
 
 #include "tnd.h"
 
@@ -637,6 +646,208 @@ static void test_page_tables(void)
     CHECK(get64(mem, 0x8000 + 511 * 8) == 0x1ff003);
 }
 
+/* ------------------------------------------------------------- seccomp */
+
+/* Run a classic-BPF seccomp program (only the opcodes the builder emits;
+ * anything else fails the test) on one syscall; return its verdict. */
+static uint32_t bpf_run(const struct sock_filter *f, size_t n,
+                        const struct seccomp_data *d)
+{
+    uint32_t a = 0;
+
+    for (size_t pc = 0; pc < n; pc++) {
+        const struct sock_filter *i = &f[pc];
+        switch (i->code) {
+        case BPF_LD | BPF_W | BPF_ABS:
+            if (i->k + 4 > sizeof(*d) || i->k % 4 != 0)
+                return 0xdead;
+            memcpy(&a, (const uint8_t *)d + i->k, 4);
+            break;
+        case BPF_JMP | BPF_JEQ | BPF_K:
+            pc += a == i->k ? i->jt : i->jf;
+            break;
+        case BPF_JMP | BPF_JGE | BPF_K:
+            pc += a >= i->k ? i->jt : i->jf;
+            break;
+        case BPF_RET | BPF_K:
+            return i->k;
+        default:
+            return 0xdead;
+        }
+    }
+    return 0xdead; /* fell off the end: the kernel would reject it */
+}
+
+static struct sock_filter filt[TND_SECCOMP_MAX_INSNS];
+static size_t filt_len;
+
+static uint32_t verdict(uint32_t arch, int nr, uint64_t a0, uint64_t a1)
+{
+    struct seccomp_data d;
+
+    memset(&d, 0, sizeof(d));
+    d.arch = arch;
+    d.nr = nr;
+    d.args[0] = a0;
+    d.args[1] = a1;
+    return bpf_run(filt, filt_len, &d);
+}
+
+#define ALLOWED(nr, a0, a1)                                                  \
+    CHECK(verdict(AUDIT_ARCH_X86_64, (nr), (a0), (a1)) == SECCOMP_RET_ALLOW)
+#define KILLED(nr, a0, a1)                                                   \
+    CHECK(verdict(AUDIT_ARCH_X86_64, (nr), (a0), (a1)) ==                    \
+          SECCOMP_RET_KILL_PROCESS)
+
+static void test_seccomp(void)
+{
+    static struct tnd_vm vm;
+
+    memset(&vm, 0, sizeof(vm));
+    vm.vcpu_fd = 5;
+    vm.events_fd = -1;
+    vm.mft.entries = 3;
+    vm.dev[1].type = MFT_DEV_BLOCK_BASIC;
+    vm.dev[1].fd = 8;
+    vm.dev[2].type = MFT_DEV_NET_BASIC;
+    vm.dev[2].fd = 9;
+    filt_len = tnd_seccomp_build(&vm, filt, TND_SECCOMP_MAX_INSNS);
+    CHECK(filt_len > 0 && filt_len <= BPF_MAXINSNS);
+
+    ALLOWED(SYS_ioctl, 5, KVM_RUN);
+    ALLOWED(SYS_ioctl, 5, KVM_GET_REGS);
+    ALLOWED(SYS_ioctl, 5, KVM_GET_SREGS);
+    KILLED(SYS_ioctl, 5, KVM_SET_REGS);        /* another vCPU ioctl */
+    KILLED(SYS_ioctl, 5, KVM_CREATE_VCPU);
+    KILLED(SYS_ioctl, 4, KVM_RUN);             /* another fd */
+    KILLED(SYS_ioctl, 5 | (1ull << 32), KVM_RUN); /* high word set */
+    KILLED(SYS_ioctl, 5, KVM_RUN | (1ull << 32));
+    ALLOWED(SYS_write, 1, 0);
+    ALLOWED(SYS_write, 2, 0);
+    KILLED(SYS_write, 3, 0);
+    KILLED(SYS_write, 7, 0); /* no events fd given */
+    KILLED(SYS_write, 1ull << 32 | 1, 0);
+    ALLOWED(SYS_pread64, 8, 0);
+    ALLOWED(SYS_pwrite64, 8, 0);
+    KILLED(SYS_pread64, 9, 0);
+    KILLED(SYS_read, 8, 0);
+    ALLOWED(SYS_read, 9, 0);
+    ALLOWED(SYS_write, 9, 0);
+    KILLED(SYS_pwrite64, 9, 0);
+    KILLED(SYS_read, 0, 0);
+    ALLOWED(SYS_ppoll, 0, 0);
+    ALLOWED(SYS_clock_gettime, 1, 0);
+    ALLOWED(SYS_rt_sigreturn, 0, 0);
+    ALLOWED(SYS_rt_sigprocmask, 0, 0);
+    ALLOWED(SYS_restart_syscall, 0, 0);
+    ALLOWED(SYS_exit_group, 0, 0);
+    KILLED(SYS_openat, 0, 0);
+    KILLED(SYS_open, 0, 0);
+    KILLED(SYS_mmap, 0, 0);
+    KILLED(SYS_mprotect, 0, 0);
+    KILLED(SYS_socket, 0, 0);
+    KILLED(SYS_execve, 0, 0);
+    KILLED(SYS_getpid, 0, 0);
+    KILLED(SYS_exit, 0, 0);
+    /* The x32 ABI and other architectures are refused whatever the nr. */
+    KILLED(SYS_write | 0x40000000, 1, 0);
+    KILLED(SYS_exit_group | 0x40000000, 0, 0);
+    CHECK(verdict(AUDIT_ARCH_I386, SYS_write, 1, 0) ==
+          SECCOMP_RET_KILL_PROCESS);
+    CHECK(verdict(AUDIT_ARCH_I386, 252 /* i386 exit_group */, 0, 0) ==
+          SECCOMP_RET_KILL_PROCESS);
+
+    /* The events fd, when given, may be written. */
+    vm.events_fd = 7;
+    filt_len = tnd_seccomp_build(&vm, filt, TND_SECCOMP_MAX_INSNS);
+    ALLOWED(SYS_write, 7, 0);
+    KILLED(SYS_write, 6, 0);
+
+    /* The largest manifest fits; a too-small array is refused. */
+    vm.mft.entries = MFT_MAX_ENTRIES;
+    for (uint32_t i = 1; i < MFT_MAX_ENTRIES; i++) {
+        vm.dev[i].type = i % 2 ? MFT_DEV_BLOCK_BASIC : MFT_DEV_NET_BASIC;
+        vm.dev[i].fd = (int)(10 + i);
+    }
+    filt_len = tnd_seccomp_build(&vm, filt, TND_SECCOMP_MAX_INSNS);
+    CHECK(filt_len > 0 && filt_len <= BPF_MAXINSNS);
+    ALLOWED(SYS_pread64, 10 + MFT_MAX_ENTRIES - 1, 0); /* last: block */
+    ALLOWED(SYS_read, 10 + MFT_MAX_ENTRIES - 2, 0);    /* net */
+    KILLED(SYS_read, 10 + MFT_MAX_ENTRIES - 1, 0);
+    CHECK(tnd_seccomp_build(&vm, filt, 16) == 0);
+}
+
+/* ----------------------------------------------------- fmt (no libc) */
+
+/* tnd_format must agree with glibc's snprintf: text, return value, and
+ * truncation into a small buffer. */
+#define SAME_AS_GLIBC(...)                                                   \
+    do {                                                                     \
+        char want[128], got[128], small_want[6], small_got[6];               \
+        int nw = snprintf(want, sizeof(want), __VA_ARGS__);                  \
+        int ng = tnd_format(got, sizeof(got), __VA_ARGS__);                  \
+        CHECK(nw == ng && strcmp(want, got) == 0);                           \
+        if (nw != ng || strcmp(want, got) != 0)                              \
+            fprintf(stderr, "  glibc '%s' (%d), tnd '%s' (%d)\n", want, nw, \
+                    got, ng);                                                \
+        memset(small_got, 'X', sizeof(small_got));                           \
+        nw = snprintf(small_want, sizeof(small_want), __VA_ARGS__);          \
+        ng = tnd_format(small_got, sizeof(small_got), __VA_ARGS__);          \
+        CHECK(nw == ng && strcmp(small_want, small_got) == 0);               \
+    } while (0)
+
+/* Truncating into small buffers is the point of these checks. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+static void test_fmt(void)
+{
+    char buf[32];
+    const char *name = "net0-and-more";
+
+    SAME_AS_GLIBC("plain text");
+    SAME_AS_GLIBC("%s: cannot open: %s", "/x/k.hvt", "No such file");
+    SAME_AS_GLIBC("%d %d %d %d", 0, -1, 2147483647, (int)-2147483647 - 1);
+    SAME_AS_GLIBC("%u %u", 0u, 4294967295u);
+    SAME_AS_GLIBC("%llu %llu", 0ull, 18446744073709551615ull);
+    SAME_AS_GLIBC("%lld %lld", -9223372036854775807ll - 1,
+                  9223372036854775807ll);
+    SAME_AS_GLIBC("0x%llx 0x%llx", 0ull, 0xfedcba9876543210ull);
+    SAME_AS_GLIBC("%x %X %04x %04x", 0xbeefu, 0xbeefu, 0x1fu, 0x12345u);
+    SAME_AS_GLIBC("\\u%04x", 0x7fu);
+    SAME_AS_GLIBC("%zu bytes", (size_t)8200);
+    SAME_AS_GLIBC("--block:%.*s=x", 4, name);
+    SAME_AS_GLIBC("%.*s|", 0, name);
+    SAME_AS_GLIBC("'%.67s'", name);
+    SAME_AS_GLIBC("'%.3s'", name);
+    SAME_AS_GLIBC("[%5d|%-5d|%05d|%-5s|%5s]", 42, 42, -42, "ab", "ab");
+    SAME_AS_GLIBC("[%*d|%-*s]", 6, 7, 4, "z");
+    SAME_AS_GLIBC("[%.3d|%8.3u|%.0d]", 5, 7u, 0);
+    SAME_AS_GLIBC("%c%c%%", 'o', 'k');
+    SAME_AS_GLIBC("%hhu %hu %ld %lu", 300, 70000, -5l, 5ul);
+    SAME_AS_GLIBC("%p", (void *)0x1234);
+    SAME_AS_GLIBC("%s", "");
+    /* Size 0 writes nothing and still returns the length. */
+    buf[0] = 'Q';
+    CHECK(tnd_format(buf, 0, "%d", 12345) == 5 && buf[0] == 'Q');
+
+    for (int e = 1; e <= 134; e++) {
+        const char *t = tnd_strerror_text(e, buf, sizeof(buf));
+        if (strncmp(t, "Unknown error", 13) != 0) {
+            CHECK(strcmp(t, strerror(e)) == 0);
+            if (strcmp(t, strerror(e)) != 0)
+                fprintf(stderr, "  errno %d: '%s' vs glibc '%s'\n", e, t,
+                        strerror(e));
+        }
+    }
+    CHECK(strcmp(tnd_strerror_text(2, buf, sizeof(buf)),
+                 "No such file or directory") == 0);
+    CHECK(strcmp(tnd_strerror_text(4000, buf, sizeof(buf)),
+                 "Unknown error 4000") == 0);
+    CHECK(strcmp(tnd_strerror_text(-3, buf, sizeof(buf)),
+                 "Unknown error -3") == 0);
+}
+#pragma GCC diagnostic pop
+
 /* Real images built by `make guests`, when present. */
 static void test_real_images(void)
 {
@@ -671,6 +882,8 @@ int main(void)
     test_resolve();
     test_json();
     test_page_tables();
+    test_seccomp();
+    test_fmt();
     test_real_images();
     printf("tender unit tests: %d checks passed, %d failed\n", n_pass,
            n_fail);
