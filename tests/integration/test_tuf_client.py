@@ -7,6 +7,9 @@ already expired instead of shifting the client's clock.)
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.evil_server import EvilServer, serve
-from tests.fakes.pullkit import run_cli
+from tests.fakes.pullkit import CLI, run_cli
 from tests.fakes.tufrepo import TufRepo
 
 
@@ -246,3 +249,45 @@ def test_repository_without_consistent_snapshots(tmp_path: Path) -> None:
         "/targets/dir/file.txt",
     ]
     assert [f.name for f in c.target_files()] == ["dir%2Ffile.txt"]
+
+
+def _refresh_at(c: Client, when: str) -> subprocess.CompletedProcess[str]:
+    """``tuf-client refresh`` with the system clock shifted by faketime (libfaketime's
+    LD_PRELOAD changes what the C library returns; monotonic time is left alone so network
+    timeouts behave)."""
+    env = {**os.environ, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    cmd = [
+        "faketime",
+        "-f",
+        when,
+        *CLI,
+        "tuf-client",
+        "--metadata-url",
+        c.server.url + "metadata",
+        "--metadata-dir",
+        str(c.md),
+        "refresh",
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+needs_faketime = pytest.mark.skipif(
+    shutil.which("faketime") is None, reason="faketime is not installed (scripts/ensure-debs)"
+)
+
+
+@needs_faketime
+def test_freeze_detected_when_system_clock_passes_timestamp_expiry(c: Client) -> None:
+    # The timestamp expires in 1 day; two days later (system clock, via faketime) the same
+    # repository is a freeze attack and refresh must fail.
+    assert c.init() == 0
+    assert _refresh_at(c, "+0d").returncode == 0
+    frozen = _refresh_at(c, "+2d")
+    assert frozen.returncode == 1
+    assert "timestamp: expired" in frozen.stderr
+
+
+@needs_faketime
+def test_device_clock_at_1970_still_accepts_fresh_metadata(c: Client) -> None:
+    assert c.init() == 0
+    assert _refresh_at(c, "@1970-01-02 00:00:00").returncode == 0
