@@ -13,7 +13,9 @@ It does not run tools, read files or look at the clock; the build shell
 from __future__ import annotations
 
 import json
+import struct
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from edgeagent.errors import BuildError
@@ -189,8 +191,16 @@ def uki_name(recipe: HostRecipe, slot: str, *, counting: bool) -> str:
 
 
 def loader_conf(recipe: HostRecipe) -> str:
-    """systemd-boot's loader.conf: no menu, boot ``FIRST_SLOT`` unless it has no tries left."""
-    return f"timeout 0\ndefault {recipe.name}-{FIRST_SLOT}*\neditor no\nconsole-mode keep\n"
+    """systemd-boot's loader.conf: no menu; the default is the exact fresh name of slot A.
+
+    systemd-boot 252 matches ``default`` against the entry id *with* its counter and does not
+    skip a matching entry that has no tries left, so a glob like ``edgeos-a*`` would boot a
+    failed slot forever. The exact name stops matching once systemd-boot renames the file
+    (``+3-0`` -> ``+2-1``); if that boot is never blessed, the next boot takes the first entry
+    with tries left (slot B, uncounted). Blessing renames A and rewrites this line (ADR 0008 §2).
+    """
+    default = uki_name(recipe, FIRST_SLOT, counting=True)
+    return f"timeout 0\ndefault {default}\neditor no\nconsole-mode keep\n"
 
 
 def os_release(recipe: HostRecipe) -> str:
@@ -238,6 +248,18 @@ def agent_config(recipe: HostRecipe) -> str:
             "[http]",
             'listen = "127.0.0.1:8480"',
             "",
+            *(
+                [
+                    "[host_ota]",
+                    "enabled = true",
+                    'reboot_window = "always"',
+                    "health_window_s = 60.0",
+                    f"boot_prefix = {_toml_str(recipe.name)}",
+                    "",
+                ]
+                if a.host_ota
+                else []
+            ),
         ]
     )
 
@@ -249,3 +271,32 @@ def host_env(recipe: HostRecipe) -> str:
         f"EDGE_GATEWAY={recipe.network.gateway}\n"
         f"EDGE_VERSION={recipe.version}\n"
     )
+
+
+def pe_set_timestamp(image: bytes, epoch: int) -> bytes:
+    """Return a PE image with its COFF TimeDateStamp set to ``epoch`` and its checksum redone.
+
+    ``objcopy`` stamps the build time into the UKI's PE header (and so into its checksum); this
+    makes the UKI reproducible. Raises BuildError when ``image`` is not a PE file.
+    """
+    if len(image) < 0x40 or image[:2] != b"MZ":
+        raise BuildError("UKI: not a PE image (no MZ header)")
+    pe = int.from_bytes(image[0x3C:0x40], "little")
+    if image[pe : pe + 4] != b"PE\0\0" or len(image) < pe + 24 + 68:
+        raise BuildError("UKI: not a PE image (no PE signature)")
+    out = bytearray(image)
+    out[pe + 8 : pe + 12] = (epoch & 0xFFFFFFFF).to_bytes(4, "little")
+    csum_at = pe + 24 + 64  # OptionalHeader.CheckSum, same offset in PE32 and PE32+.
+    out[csum_at : csum_at + 4] = b"\0\0\0\0"
+    padded = bytes(out) + (b"\0" if len(out) % 2 else b"")
+    total = 0
+    for (word,) in _words(padded):
+        total += word
+        total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    out[csum_at : csum_at + 4] = ((total + len(image)) & 0xFFFFFFFF).to_bytes(4, "little")
+    return bytes(out)
+
+
+def _words(data: bytes) -> Iterator[tuple[int]]:
+    return struct.iter_unpack("<H", data)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from securesystemslib.formats import encode_canonical
-from securesystemslib.signer import Signature
-from tuf.api.metadata import Metadata, Root
+from securesystemslib.signer import Signature  # type: ignore[attr-defined]
+from tuf.api.metadata import Metadata, Root  # type: ignore[attr-defined]
 
 from edgeagent.errors import SignatureError, VerificationError
 
@@ -129,7 +129,7 @@ def verify_manifest(manifest: bytes, root_json: bytes, *, source: str) -> dict[s
             continue
         try:
             root.keys[sig.keyid].verify_signature(sig, payload)
-        except Exception:  # noqa: BLE001 - securesystemslib raises several types; all mean "bad".
+        except Exception:  # noqa: BLE001, S112 - securesystemslib raises several types: all "bad".
             continue
         good.add(sig.keyid)
     if len(good) < role.threshold:

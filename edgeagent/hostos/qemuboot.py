@@ -14,6 +14,7 @@ purpose: the tests and the benchmark that use it run no trio code of their own.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import select
@@ -22,6 +23,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -75,12 +77,19 @@ class HostVm:
     """One QEMU process booting ``disk`` (a private copy is the caller's job)."""
 
     def __init__(
-        self, disk: Path, workdir: Path, *, netns: Netns | None = None, mem_mb: int = 1024
+        self,
+        disk: Path,
+        workdir: Path,
+        *,
+        netns: Netns | None = None,
+        mem_mb: int = 1024,
+        cpus: int = 1,
     ) -> None:
         self.disk = disk
         self.workdir = workdir
         self.netns = netns
         self.mem_mb = mem_mb
+        self.cpus = cpus
         self.proc: subprocess.Popen[bytes] | None = None
         self.pty_fd = -1
         self.started = 0.0
@@ -92,17 +101,36 @@ class HostVm:
         if not vars_copy.exists():
             shutil.copyfile(OVMF_VARS, vars_copy)
         argv = [
-            "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "max",
-            "-m", str(self.mem_mb), "-nodefaults", "-display", "none", "-no-user-config",
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
-            "-drive", f"file={self.disk},if=virtio,format=raw,cache=unsafe",
-            "-serial", "pty",
+            "qemu-system-x86_64",
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            str(self.mem_mb),
+            "-smp",
+            str(self.cpus),
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-user-config",
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={vars_copy}",
+            "-drive",
+            f"file={self.disk},if=virtio,format=raw,cache=unsafe",
+            "-serial",
+            "pty",
         ]
         if self.netns is not None:
             argv += [
-                "-netdev", f"tap,id=n0,ifname={self.netns.tap},script=no,downscript=no",
-                "-device", "virtio-net-pci,netdev=n0",
+                "-netdev",
+                f"tap,id=n0,ifname={self.netns.tap},script=no,downscript=no",
+                "-device",
+                "virtio-net-pci,netdev=n0",
             ]
         else:
             argv += ["-nic", "none"]
@@ -117,7 +145,7 @@ class HostVm:
         assert self.proc.stdout is not None
         head = b""
         while (m := _PTY_RE.search(head)) is None:
-            chunk = self.proc.stdout.read1(4096)
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
             if not chunk:
                 raise VmError(f"qemu exited before opening its serial pty: {head!r}")
             head += chunk
@@ -169,3 +197,101 @@ class HostVm:
                 self.proc.wait()
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+def status_line(line: str) -> dict[str, object] | None:
+    """The agent's JSON status object in a console line, or None."""
+    start = line.find('{"edgeagent":"status"')
+    if start < 0:
+        return None
+    try:
+        doc = json.loads(line[start:])
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def workload_healthy(doc: dict[str, object], name: str) -> bool:
+    """Whether status ``doc`` shows workload ``name`` running and healthy."""
+    workloads = doc.get("workloads")
+    if not isinstance(workloads, list):
+        return False
+    return any(
+        isinstance(w, dict)
+        and w.get("name") == name
+        and w.get("state") == "running"
+        and w.get("healthy") is True
+        for w in workloads
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BootResult:
+    """Seconds from QEMU's start to each milestone (None: not reached) and the console tail."""
+
+    first_status_s: float | None
+    workload_healthy_s: float | None
+    marker_s: float | None
+    console_tail: str
+
+
+def boot_to_health(
+    disk: Path,
+    repo: Path,
+    workdir: Path,
+    *,
+    edgeagent: Path,
+    registry_addr: str,
+    workload: str = "ticker",
+    marker: str | None = None,
+    deadline_s: float = 420.0,
+) -> BootResult:
+    """Serve ``repo`` inside a fresh netns and boot a copy of ``disk`` (``workdir/disk.img``).
+
+    Returns when the agent's status line shows ``workload`` healthy and, if ``marker`` is
+    given, a console line containing ``marker`` was seen; or at the deadline. The copy is
+    left in ``workdir`` for the caller to inspect.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    private = workdir / "disk.img"
+    subprocess.run(["cp", "--sparse=always", str(disk), str(private)], check=True)
+    first = healthy = seen = None
+    tail = ""
+    with Netns(f"edgeos{os.getpid()}", f"{registry_addr}/24") as ns:
+        server = subprocess.Popen(
+            [
+                *ns.prefix(),
+                str(edgeagent),
+                "repo",
+                "serve",
+                str(repo),
+                "--listen",
+                f"{registry_addr}:8000",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            assert server.stdout is not None
+            if b"serving" not in server.stdout.readline():
+                raise VmError("edgeagent repo serve did not start")
+            with HostVm(private, workdir, netns=ns) as vm:
+                try:
+                    for t, line in vm.lines(deadline_s):
+                        if marker is not None and seen is None and marker in line:
+                            seen = t
+                        doc = status_line(line)
+                        if doc is not None:
+                            first = first if first is not None else t
+                            if healthy is None and workload_healthy(doc, workload):
+                                healthy = t
+                        if healthy is not None and (marker is None or seen is not None):
+                            break
+                finally:
+                    tail = vm.tail()
+        finally:
+            server.terminate()
+            server.wait(10)
+            if server.stdout is not None:
+                server.stdout.close()
+    return BootResult(first, healthy, seen, tail)

@@ -56,6 +56,7 @@ class Kernel:
     package: str
     cmdline: str
     modules: tuple[str, ...]
+    fallback_modules: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class Agent:
     device_id: str
     poll_interval_s: float
     status_interval_s: float
+    host_ota: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +121,8 @@ class _Table:
         self.seen: set[str] = set()
 
     def _where(self, key: str) -> str:
-        return f"{self.source}: field '{self.prefix}.{key}'" if self.prefix else (
-            f"{self.source}: field '{key}'"
-        )
+        name = f"{self.prefix}.{key}" if self.prefix else key
+        return f"{self.source}: field '{name}'"
 
     def raw(self, key: str) -> object:
         self.seen.add(key)
@@ -155,6 +156,12 @@ class _Table:
             raise ConfigError(f"{self._where(key)}: expected {low} to {high}, got {value!r}")
         return float(value)
 
+    def boolean(self, key: str) -> bool:
+        value = self.raw(key)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self._where(key)}: expected true or false, got {value!r}")
+        return value
+
     def strings(
         self, key: str, pattern: re.Pattern[str], what: str, *, allow_empty: bool = True
     ) -> tuple[str, ...]:
@@ -164,9 +171,9 @@ class _Table:
         out: list[str] = []
         for i, item in enumerate(value):
             if not isinstance(item, str) or pattern.fullmatch(item) is None:
-                raise ConfigError(f"{self._where(key)}[{i}]: expected {what}, got {item!r}")
+                raise ConfigError(f"{self._where(f'{key}[{i}]')}: expected {what}, got {item!r}")
             if item in out:
-                raise ConfigError(f"{self._where(key)}[{i}]: duplicate entry {item!r}")
+                raise ConfigError(f"{self._where(f'{key}[{i}]')}: duplicate entry {item!r}")
             out.append(item)
         if not out and not allow_empty:
             raise ConfigError(f"{self._where(key)}: expected at least one of {what}")
@@ -266,6 +273,7 @@ def parse_recipe(data: bytes, source: str) -> HostRecipe:
         ),
         cmdline=kern.string("cmdline", CMDLINE_RE, "kernel parameters (no quotes)"),
         modules=kern.strings("modules", MODULE_RE, "kernel module names", allow_empty=False),
+        fallback_modules=kern.strings("fallback_modules", MODULE_RE, "kernel module names"),
     )
     kern.finish()
 
@@ -281,6 +289,7 @@ def parse_recipe(data: bytes, source: str) -> HostRecipe:
         device_id=ag.string("device_id", DEVICE_ID_RE, "a device id"),
         poll_interval_s=ag.number("poll_interval_s", 0.1, 86400.0),
         status_interval_s=ag.number("status_interval_s", 0.1, 3600.0),
+        host_ota=ag.boolean("host_ota"),
     )
     ag.finish()
 
@@ -343,7 +352,9 @@ def with_overrides(
     agent = recipe.agent
     if registry_url is not None:
         if URL_RE.fullmatch(registry_url) is None:
-            raise ConfigError(f"{source}: registry URL: expected an http(s) URL, got {registry_url!r}")
+            raise ConfigError(
+                f"{source}: registry URL: expected an http(s) URL, got {registry_url!r}"
+            )
         agent = dataclasses.replace(agent, registry_url=registry_url)
     if repository is not None:
         if not repository or "\n" in repository:
