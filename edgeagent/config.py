@@ -196,6 +196,38 @@ class HotplugConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HostOtaConfig:
+    """A/B host OS updates (issue 5 §3, ADR 0010, docs/host-ota.md).
+
+    Attributes:
+        enabled: follow the host-slot target at all.
+        target: the target name of this board's host slot images (``repo add-host --name``).
+        reboot_window: "always" or "HH:MM-HH:MM" (UTC, may wrap midnight): when a staged
+            update may reboot the device.
+        health_window_s: after the trial boot, the agent must be healthy (trust loaded,
+            workloads healthy) within this many seconds, or the slot is rolled back.
+        boot_prefix: the UKI file names' prefix on the ESP (the host recipe's image name).
+        slot_a, slot_b: slot partitions (block devices); None: the partitions named
+            root-a / root-b.
+        esp: the ESP partition; None: the partition named esp. Mounted while it is changed.
+        esp_dir: an ESP that is already mounted (or a folder standing in for it); when set,
+            ``esp`` is not mounted.
+        checkpoint_mb: fsync and persist the write offset every this many MiB.
+    """
+
+    enabled: bool = False
+    target: str = "host-slot"
+    reboot_window: str = "always"
+    health_window_s: float = 120.0
+    boot_prefix: str = "edgeos"
+    slot_a: str | None = None
+    slot_b: str | None = None
+    esp: str | None = None
+    esp_dir: str | None = None
+    checkpoint_mb: int = 8
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     """The whole validated config."""
 
@@ -211,6 +243,7 @@ class AgentConfig:
     console_socket: ListenConfig | None = None
     fleet: FleetConfig | None = None
     hotplug: HotplugConfig = field(default_factory=HotplugConfig)
+    host_ota: HostOtaConfig = field(default_factory=HostOtaConfig)
     schema_version: int = SCHEMA_VERSION
 
 
@@ -429,6 +462,34 @@ def _hotplug(t: _Table, base_dir: str) -> HotplugConfig:
     return cfg
 
 
+_WINDOW_RE = re.compile(r"always|([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d")
+
+
+def _host_ota(t: _Table, base_dir: str) -> HostOtaConfig:
+    d = HostOtaConfig()
+
+    def opt_path(name: str) -> str | None:
+        value = t.string(name, "")
+        return _path(value, base_dir) if value else None
+
+    cfg = HostOtaConfig(
+        enabled=t.boolean("enabled", d.enabled),
+        target=t.string("target", d.target, _ID_RE),
+        reboot_window=t.string("reboot_window", d.reboot_window, _WINDOW_RE),
+        health_window_s=t.number("health_window_s", d.health_window_s),
+        boot_prefix=t.string("boot_prefix", d.boot_prefix, _ID_RE),
+        slot_a=opt_path("slot_a"),
+        slot_b=opt_path("slot_b"),
+        esp=opt_path("esp"),
+        esp_dir=opt_path("esp_dir"),
+        checkpoint_mb=t.integer("checkpoint_mb", d.checkpoint_mb, 1, 4096),
+    )
+    t.done()
+    if cfg.reboot_window != "always" and cfg.reboot_window[:5] == cfg.reboot_window[6:]:
+        raise t.error(t.key("reboot_window"), "a window that is not empty", cfg.reboot_window)
+    return cfg
+
+
 def parse_config(data: bytes, source: str = "agent.toml", base_dir: str = "/") -> AgentConfig:
     """Parse and validate an agent config.
 
@@ -500,6 +561,7 @@ def parse_config(data: bytes, source: str = "agent.toml", base_dir: str = "/") -
     console_socket = _listen(top.table("console_socket"), None)
     fleet = _fleet(top.table("fleet"))
     hotplug = _hotplug(top.table("hotplug"), base_dir)
+    host_ota = _host_ota(top.table("host_ota"), base_dir)
     top.done()
     return AgentConfig(
         source=source,
@@ -514,5 +576,6 @@ def parse_config(data: bytes, source: str = "agent.toml", base_dir: str = "/") -
         console_socket=console_socket,
         fleet=fleet,
         hotplug=hotplug,
+        host_ota=host_ota,
         schema_version=schema,
     )

@@ -70,6 +70,7 @@ from edgeagent.errors import (
     UnknownWorkloadError,
     VerificationError,
 )
+from edgeagent.ota import service as host_ota_service
 from edgeagent.registry.fetch import FetchConfig, Fetcher, HttpxFetcher
 from edgeagent.registry.protocol import RegistryLayout
 from edgeagent.store.cas import Store
@@ -193,6 +194,8 @@ class Agent:
         self._updater: Updater | None = None
         self._guests: trio.Nursery | None = None
         self._tasks: trio.Nursery | None = None
+        # Host A/B OTA (issue 5 §3, ADR 0010): None unless [host_ota] enabled.
+        self.host_ota = host_ota_service.host_ota_for(cfg, self.state_dir)
 
     # Lifecycle ---------------------------------------------------------------------------
 
@@ -276,6 +279,9 @@ class Agent:
                     for start_service in self.services:
                         await start_service(self, tasks)
                     await self._recover()
+                    if self.host_ota is not None:
+                        probe = lambda: host_ota_service.judge_health(self.snapshot())  # noqa: E731
+                        await tasks.start(self.host_ota.run, probe)
                     tasks.start_soon(self._poll_loop)
                     self.agent_state = "running"
                     self._running.set()
@@ -412,6 +418,15 @@ class Agent:
         self.last_refresh = self.last_poll
         self._trust_view = updater
         await self._reconcile(entries)
+        if self.host_ota is not None:
+            consistent = bool(updater.trusted.root.consistent_snapshot)
+            host_ota_service.offer_from_entries(
+                self.host_ota,
+                self.cfg,
+                lambda name, sha: updater.layout.target(name, sha, consistent=consistent),
+                entries,
+                updater.fetcher,
+            )
         return True
 
     async def _entries(self, updater: Updater) -> dict[str, tuple[TargetEntry, TargetFile]]:
