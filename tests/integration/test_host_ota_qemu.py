@@ -93,14 +93,21 @@ def _patch_root(root: Path) -> None:
         check=True,
     )
     conf = root / "etc" / "edgeagent" / "agent.toml"
-    conf.write_text(conf.read_text() + _HOST_OTA_TOML)
+    baked = conf.read_text()
+    # The image bakes its own [host_ota] table (the last one; recipe `host_ota = true`): the
+    # test replaces it with one that has a longer health window and small checkpoints.
+    baked = baked.split("\n[host_ota]\n", 1)[0].rstrip("\n") + "\n"
+    conf.write_text(baked + _HOST_OTA_TOML)
     init = root / "sbin" / "edge-init"
     text = init.read_text()
     assert "bless() {\n" in text
     assert "bless &\n" in text
     assert "python3 -S -m edgeagent agent" in text
-    text = text.replace("bless() {\n", "bless() {\n" + _EDGE_INIT_GUARD)
-    text = text.replace("bless &\n", "bless &\n" + _EDGE_INIT_WATCHDOG)
+    # Images built before edge-init had the OTA guard and the counted-boot watchdog get them here.
+    if "host-ota.json" not in text:
+        text = text.replace("bless() {\n", "bless() {\n" + _EDGE_INIT_GUARD)
+    if "counted boot without a healthy agent" not in text:
+        text = text.replace("bless &\n", "bless &\n" + _EDGE_INIT_WATCHDOG)
     text = text.replace("python3 -S -m edgeagent agent", "python3 -S -m edgeagent -v agent")
     init.write_text(text)
 
