@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +51,11 @@ from edgeagent.config import AgentConfig
 from edgeagent.console.service import serve_serial_console
 from edgeagent.control import AgentControl, SerialConsoleSettings
 from edgeagent.errors import FetchError, StoreError, VerificationError
+from edgeagent.flash.devices import monitor_source
 from edgeagent.registry.fetch import Fetcher
 
 log = logging.getLogger(__name__)
 
-#: udevd's control socket: when it exists, udev events (with ID_* properties) are watched.
-UDEV_CONTROL = "/run/udev/control"
 WATCHED_SUBSYSTEMS = ("tty", "block")
 #: Media outcomes kept in memory.
 MAX_RESULTS = 32
@@ -75,11 +73,6 @@ class HotplugAgent(AgentControl, Protocol):
     async def apply_offline(self, fetcher: Fetcher, url: str) -> str:
         """Verify and apply an offline registry (see `Agent.apply_offline`)."""
         ...
-
-
-def monitor_source() -> str:
-    """``udev`` where udevd runs, else ``kernel`` (raw uevents, as on this kind of device)."""
-    return "udev" if os.path.exists(UDEV_CONTROL) else "kernel"
 
 
 def _attr(device: pyudev.Device, name: str) -> str | None:

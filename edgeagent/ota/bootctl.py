@@ -31,6 +31,7 @@ from pathlib import Path
 
 from edgeagent.errors import OtaError
 from edgeagent.ota.slots import SLOTS, EspAction
+from edgeagent.verify.clock import fsync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +162,6 @@ def booted_slot(cmdline: str) -> str | None:
 # I/O ------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class EspDir:
     """A mounted ESP (or a directory laid out like one): lists, renames, rewrites loader.conf.
 
@@ -216,17 +209,11 @@ class EspDir:
         try:
             for old, new in p.renames:
                 os.rename(linux / old, linux / new)
-                _fsync_dir(linux)
+                fsync_dir(linux)
                 log.info("host-ota: ESP %s -> %s", old, new)
             if p.loader_conf is not None:
                 conf = self.root / LOADER_CONF
-                tmp = conf.with_name("loader.new")
-                with open(tmp, "w") as f:
-                    f.write(p.loader_conf)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, conf)
-                _fsync_dir(conf.parent)
+                write_atomic(conf, p.loader_conf.encode())
                 log.info("host-ota: ESP loader.conf %s", current_default(p.loader_conf))
         except OSError as exc:
             raise OtaError(f"{self.root}: cannot apply {action.kind} {action.slot}: {exc}") from exc

@@ -101,7 +101,7 @@ def test_esp_dir_applies_stage_commit_sequence(tmp_path: Path) -> None:
     assert esp.names() == ["edgeos-a.efi", "edgeos-b.efi"]
     assert (linux / "edgeos-b.efi").read_bytes() == b"MZ uki edgeos-b.efi"  # Renamed, not copied.
     assert esp.loader_conf() == "timeout 0\ndefault edgeos-b.efi\n"
-    assert not (tmp_path / "loader" / "loader.new").exists()
+    assert sorted(p.name for p in (tmp_path / "loader").iterdir()) == ["loader.conf"]
 
 
 def test_find_partition_by_gpt_name_in_sysfs(tmp_path: Path) -> None:
