@@ -71,6 +71,20 @@ class AgentInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class HostInfo:
+    """The host OS's A/B state when host OTA runs (ADR 0010)."""
+
+    slot: str  # the booted slot, "a" or "b"
+    version: str  # the good host version
+    phase: str  # the host OTA phase (idle, downloading, ..., trial, committed, rolled-back)
+    # True once this boot is blessed (its boot entry carries no counter and is the default).
+    blessed: bool
+    candidate: str | None = None  # the version being written, staged or tried
+    last: str | None = None  # the last outcome ("committed 2", "rolled back 3: ...")
+    error: str | None = None  # the last error, cleared by the next success
+
+
+@dataclass(frozen=True, slots=True)
 class RoleTrust:
     """One top-level TUF role as the device currently trusts it."""
 
@@ -138,6 +152,7 @@ class AgentSnapshot:
     trust: TrustInfo
     net: NetInfo
     workloads: tuple[WorkloadInfo, ...] = ()
+    host: HostInfo | None = None  # None unless host OTA runs
 
     def workload(self, name: str) -> WorkloadInfo | None:
         """Return the workload called ``name``, or None."""
@@ -370,4 +385,18 @@ def snapshot_json(snap: AgentSnapshot) -> JsonObject:
         "trust": trust_json(snap.trust),
         "workloads": workloads_json(snap),
         "net": net_json(snap.net),
+        "host": None if snap.host is None else host_json(snap.host),
+    }
+
+
+def host_json(host: HostInfo) -> JsonObject:
+    """Return the JSON form of the host OS's A/B state."""
+    return {
+        "slot": host.slot,
+        "version": host.version,
+        "phase": host.phase,
+        "blessed": host.blessed,
+        "candidate": host.candidate,
+        "last": host.last,
+        "error": host.error,
     }

@@ -764,6 +764,7 @@ class Agent:
                 interfaces=status.interfaces(),
             ),
             workloads=tuple(workloads),
+            host=None if self.host_ota is None else self.host_ota.host_info(),
         )
 
     def console_tail(self, name: str, n: int) -> list[str]:

@@ -418,6 +418,13 @@ def status_line(snap: AgentSnapshot) -> bytes:
             for w in snap.workloads
         ],
     }
+    if snap.host is not None:
+        obj["host"] = {
+            "slot": snap.host.slot,
+            "version": snap.host.version,
+            "phase": snap.host.phase,
+            "blessed": snap.host.blessed,
+        }
     return json_line(obj)
 
 

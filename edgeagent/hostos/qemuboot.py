@@ -211,6 +211,12 @@ def status_line(line: str) -> dict[str, object] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def host_blessed(doc: dict[str, object]) -> bool:
+    """Whether status ``doc`` shows the host's boot blessed by the agent's host OTA."""
+    host = doc.get("host")
+    return isinstance(host, dict) and host.get("blessed") is True
+
+
 def workload_healthy(doc: dict[str, object], name: str) -> bool:
     """Whether status ``doc`` shows workload ``name`` running and healthy."""
     workloads = doc.get("workloads")
@@ -233,6 +239,7 @@ class BootResult:
     workload_healthy_s: float | None
     marker_s: float | None
     console_tail: str
+    host_blessed_s: float | None = None  # a status line showed ``host.blessed`` true
 
 
 def boot_to_health(
@@ -244,18 +251,20 @@ def boot_to_health(
     registry_addr: str,
     workload: str = "ticker",
     marker: str | None = None,
+    wait_blessed: bool = False,
     deadline_s: float = 420.0,
 ) -> BootResult:
     """Serve ``repo`` inside a fresh netns and boot a copy of ``disk`` (``workdir/disk.img``).
 
     Returns when the agent's status line shows ``workload`` healthy and, if ``marker`` is
-    given, a console line containing ``marker`` was seen; or at the deadline. The copy is
+    given, a console line containing ``marker`` was seen, and, with ``wait_blessed``, a status
+    line shows the boot blessed by the agent's host OTA; or at the deadline. The copy is
     left in ``workdir`` for the caller to inspect.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     private = workdir / "disk.img"
     subprocess.run(["cp", "--sparse=always", str(disk), str(private)], check=True)
-    first = healthy = seen = None
+    first = healthy = seen = blessed = None
     tail = ""
     with Netns(f"edgeos{os.getpid()}", f"{registry_addr}/24") as ns:
         server = subprocess.Popen(
@@ -285,7 +294,13 @@ def boot_to_health(
                             first = first if first is not None else t
                             if healthy is None and workload_healthy(doc, workload):
                                 healthy = t
-                        if healthy is not None and (marker is None or seen is not None):
+                            if blessed is None and host_blessed(doc):
+                                blessed = t
+                        if (
+                            healthy is not None
+                            and (marker is None or seen is not None)
+                            and (not wait_blessed or blessed is not None)
+                        ):
                             break
                 finally:
                     tail = vm.tail()
@@ -294,4 +309,4 @@ def boot_to_health(
             server.wait(10)
             if server.stdout is not None:
                 server.stdout.close()
-    return BootResult(first, healthy, seen, tail)
+    return BootResult(first, healthy, seen, tail, blessed)

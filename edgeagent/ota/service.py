@@ -27,7 +27,7 @@ import trio
 
 from edgeagent.agent.desired import CUSTOM_KEY, TargetEntry, selects
 from edgeagent.config import AgentConfig, HostOtaConfig
-from edgeagent.control import AgentSnapshot
+from edgeagent.control import AgentSnapshot, HostInfo
 from edgeagent.errors import (
     ConfigError,
     DigestMismatchError,
@@ -145,6 +145,7 @@ class HostOta:
         self._offer_event = trio.Event()
         self._rebooting = False
         self._resting_watch = False
+        self.blessed = False
 
     # State -----------------------------------------------------------------------------------
 
@@ -191,6 +192,21 @@ class HostOta:
         """The agent's poll found the host-slot target ``candidate`` (signed) at ``url``."""
         self._offered = Offered(candidate, url, fetcher)
         self._offer_event.set()
+
+    def host_info(self) -> HostInfo | None:
+        """For the agent's status line and /status (None before the first start or off)."""
+        s = self.state
+        if s is None or self.booted is None:
+            return None
+        return HostInfo(
+            slot=self.booted,
+            version=s.good_version,
+            phase=s.phase,
+            blessed=self.blessed,
+            candidate=None if s.candidate is None else s.candidate.version,
+            last=s.last,
+            error=self.error,
+        )
 
     def snapshot(self) -> dict[str, object]:
         """For the agent's status: booted slot, phase, versions, last outcome, error."""
@@ -336,23 +352,38 @@ class HostOta:
             before = self.state
             d = slots.decide(before, self._health_event(probe))
             if d.state != before or d.esp or d.step:
-                return await self._apply(d)
+                step = await self._apply(d)
+                if d.state.phase == "committed":
+                    self._set_blessed()  # Commit made the booted target the blessed default.
+                return step
             await trio.sleep(PROBE_INTERVAL_S)
 
     async def _resting_probe(self, probe: HealthProbe) -> slots.Step | None:
+        """A healthy resting boot blesses the good slot; failures are retried at the next probe."""
         assert self.state is not None
         event = self._health_event(probe)
         if not event.ok:
             return None
-        self._resting_watch = False
         if self.state.phase not in slots.RESTING:
+            self._resting_watch = False
             return None
         try:
-            return await self._apply(slots.decide(self.state, event))
+            step = await self._apply(slots.decide(self.state, event))
         except OtaError as exc:
+            # Keep watching: the ESP may be busy or not there yet; the boot stays counted and
+            # falls back on its own if the agent never manages to bless it.
             self.error = str(exc)
-            log.warning("host-ota: %s", exc)
+            log.warning("host-ota: cannot bless slot %s yet: %s", self.state.good, exc)
             return None
+        self._resting_watch = False
+        self._set_blessed()
+        return step
+
+    def _set_blessed(self) -> None:
+        assert self.state is not None
+        self.blessed = True
+        self.error = None
+        log.info("host-ota: blessed slot %s (%s)", self.state.good, self.state.good_version)
 
     @property
     def rebooting(self) -> bool:

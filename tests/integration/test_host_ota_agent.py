@@ -127,3 +127,52 @@ async def test_agent_updates_host_from_v1_to_v2(tmp_path: Path, nursery: trio.Nu
     assert bootctl.current_default(conf) == "edgeos-b.efi"
     assert snap["booted"] == "b"
     assert reboots == ["a"]
+
+
+async def test_first_boot_of_a_flashed_disk_is_blessed_by_the_agent_even_after_an_esp_error(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    # A freshly flashed disk: systemd-boot counted slot A's first boot (+3-0 -> +2-1). The
+    # agent blesses it once healthy. At first the ESP is unusable (two entries for slot a, as
+    # after an interrupted rename by hand): the agent must keep trying, not give up.
+    repo = Repository.init(tmp_path / "repo")
+    host, port = await nursery.start(serve_registry, repo.path, "127.0.0.1", 0)
+    for slot in ("a", "b"):
+        (tmp_path / f"root-{slot}.img").write_bytes(b"\0" * MIB)
+    linux = tmp_path / "esp" / "EFI" / "Linux"
+    linux.mkdir(parents=True)
+    (tmp_path / "esp" / "loader").mkdir()
+    conf = tmp_path / "esp" / "loader" / "loader.conf"
+    conf.write_text("timeout 0\ndefault edgeos-a+3-0.efi\n")
+    for name in ("edgeos-a+2-1.efi", "edgeos-a.efi.bak", "edgeos-a+0-3.efi", "edgeos-b.efi"):
+        (linux / name).write_bytes(b"MZ")
+    reboots: list[str] = []
+    agent = agent_on(tmp_path, config(tmp_path, f"http://{host}:{port}/", repo), "a", reboots)
+    agent.prepare()
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as inner:
+                inner.start_soon(agent.run)
+                ota = agent.host_ota
+                assert ota is not None
+                await wait_until(lambda: ota.error is not None, "the ESP error to be reported")
+                info = agent.snapshot().host
+                assert info is not None
+                assert (info.slot, info.blessed) == ("a", False)
+                assert "two boot entries for slot a" in (info.error or "")
+                (linux / "edgeos-a+0-3.efi").unlink()  # The operator cleans up the ESP.
+                await wait_until(lambda: ota.blessed, "the boot to be blessed")
+                agent.request_stop()
+    finally:
+        agent.close()
+    assert sorted(p.name for p in linux.iterdir()) == [
+        "edgeos-a.efi",
+        "edgeos-a.efi.bak",
+        "edgeos-b.efi",
+    ]
+    assert bootctl.current_default(conf.read_text()) == "edgeos-a.efi"
+    info = agent.snapshot().host
+    assert info is not None
+    assert info.blessed
+    assert info.error is None
+    assert reboots == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -20,7 +21,7 @@ from edgeagent.console.commands import (
     status_line,
 )
 from edgeagent.console.lineedit import Cancelled, Line, Rejected
-from edgeagent.control import ConsolePolicy, JsonObject, snapshot_json
+from edgeagent.control import ConsolePolicy, HostInfo, JsonObject, snapshot_json
 from tests.fakes.fake_control import FakeControl
 
 ALLOW_ALL = ConsolePolicy(restart="allowed", update="allowed", rollback="allowed")
@@ -257,6 +258,25 @@ def test_periodic_status_line_is_one_json_object() -> None:
     assert obj["edgeagent"] == "status"
     assert obj["healthy"] is False
     assert [w["name"] for w in obj["workloads"]] == ["ticker", "kvstore"]
+    assert "host" not in obj  # No host OTA on this device.
+
+
+def test_status_line_shows_the_host_slot_and_whether_its_boot_is_blessed() -> None:
+    snap = dataclasses.replace(
+        FakeControl().snapshot(),
+        host=HostInfo(slot="b", version="2", phase="trial", blessed=False, candidate="2"),
+    )
+    obj = json.loads(status_line(snap))
+    assert obj["host"] == {"slot": "b", "version": "2", "phase": "trial", "blessed": False}
+    assert snapshot_json(snap)["host"] == {
+        "slot": "b",
+        "version": "2",
+        "phase": "trial",
+        "blessed": False,
+        "candidate": "2",
+        "last": None,
+        "error": None,
+    }
 
 
 def test_expired_trust_metadata_makes_the_device_unhealthy() -> None:

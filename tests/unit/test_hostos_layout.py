@@ -81,16 +81,22 @@ def test_baked_agent_config_is_valid_toml_with_registry_and_serial() -> None:
     assert cfg["registry"]["trust_root"] == "root.json"
     assert cfg["serial"]["ports"] == ["/dev/ttyS0"]
     assert cfg["paths"]["state"].startswith("/var/")
-    assert "host_ota" not in cfg
 
 
-def test_host_ota_switch_bakes_the_ota_table() -> None:
-    import dataclasses
-
-    recipe = dataclasses.replace(RECIPE, agent=dataclasses.replace(RECIPE.agent, host_ota=True))
-    cfg = tomllib.loads(lay.agent_config(recipe))
+def test_shipped_recipe_turns_host_ota_on() -> None:
+    # A flashed box must be able to take host updates and bless its own counted boots.
+    assert RECIPE.agent.host_ota is True
+    cfg = tomllib.loads(lay.agent_config(RECIPE))
     assert cfg["host_ota"]["enabled"] is True
     assert cfg["host_ota"]["boot_prefix"] == "edgeos"
+
+
+def test_host_ota_switch_off_leaves_the_ota_table_out() -> None:
+    import dataclasses
+
+    recipe = dataclasses.replace(RECIPE, agent=dataclasses.replace(RECIPE.agent, host_ota=False))
+    cfg = tomllib.loads(lay.agent_config(recipe))
+    assert "host_ota" not in cfg
 
 
 def _fake_pe(stamp: int) -> bytes:
