@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help demo test check lint fmt dev debs tender tender-asan images fuzz bench clean host-image host-image-check
+.PHONY: help demo test check lint fmt dev debs tender tender-asan images fuzz bench clean host-image host-image-xen host-image-check
 
 help:
 	@echo "make demo    - signed registry + agent on this machine: pull, boot, OTA update, rollback"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench   - run the benchmarks, write bench/results/ and print the tables"
 	@echo "make tender  - build host-os/tender/edge-tender"
 	@echo "make images  - build every image recipe into image-recipes/out/"
+	@echo "make host-image-xen - the host image with Xen (dom0 = this host OS) into host-os/out-xen/"
 	@echo "make fuzz    - longer fuzz run of the tender's ELF/manifest parser"
 	@echo "make clean   - remove build outputs (keeps .venv)"
 
@@ -46,6 +47,11 @@ images: dev
 host-image: dev tender
 	@echo "==> building the host OS image"
 	@$(PY) -m edgeagent.hostos.build
+
+# The same recipe with image.hypervisor = "xen": Xen boots first, this host OS is dom0.
+host-image-xen: dev tender
+	@echo "==> building the host OS image, Xen variant (host-os/out-xen/)"
+	@$(PY) -m edgeagent.hostos.build --hypervisor xen --out host-os/out-xen
 
 host-image-check: dev
 	@$(PY) -m edgeagent.hostos.build --check

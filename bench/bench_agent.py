@@ -52,10 +52,7 @@ IDLE_WINDOW_S = 10.0
 GOAL_LATENCY_S = 1.0
 GOAL_RSS_MIB = 60.0
 GOAL_CPU_PCT = 1.0
-_AGENT_CODE = (
-    "import sys; from edgeagent import cli\n"
-    "sys.exit(cli.main())"
-)
+_AGENT_CODE = "import sys; from edgeagent import cli\nsys.exit(cli.main())"
 
 
 def _edgeagent(*args: str) -> list[str]:

@@ -108,7 +108,7 @@ def build_image(
 
     Args:
         recipe_dir: the recipe folder, ``image-recipes/<name>``.
-        platform: ``hvt`` or ``qemu``; None means the recipe's first platform.
+        platform: ``hvt``, ``qemu`` or ``xen``; None means the recipe's first platform.
         output: where to write the image; None means ``image-recipes/out/<name>.<platform>``.
         progress: called with one line of text per step.
 

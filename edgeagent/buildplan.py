@@ -61,6 +61,13 @@ LDFLAGS: tuple[str, ...] = (
 PLATFORM_SOURCES: dict[str, tuple[str, ...]] = {
     "hvt": ("libos/hvt/abi_note.S", "libos/hvt/platform.c"),
     "qemu": ("libos/qemu/boot.S", "libos/qemu/platform.c"),
+    "xen": ("libos/xen/boot.S", "libos/xen/platform.c", "libos/xen/xenstore.c"),
+}
+
+# Portable parts a platform replaces with its own file: on Xen the clock is Xen's system
+# time from shared_info and sleeping blocks in Xen (ADR 0011).
+PLATFORM_PART_OVERRIDES: dict[str, dict[str, str]] = {
+    "xen": {"clock": "libos/xen/clock.c"},
 }
 
 MFT_ENTRY_SIZE = 104
@@ -90,7 +97,8 @@ class BuildPlan:
 def libos_sources(recipe: Recipe, platform: str) -> tuple[str, ...]:
     """Return the library OS sources linked into this image, sorted, relative to the root."""
     parts = sorted({"core", *recipe.libos})
-    portable = [f"libos/{p}.c" for p in parts]
+    overrides = PLATFORM_PART_OVERRIDES.get(platform, {})
+    portable = [overrides.get(p, f"libos/{p}.c") for p in parts]
     return tuple(sorted(portable + list(PLATFORM_SOURCES[platform])))
 
 
@@ -228,17 +236,49 @@ def check_image(data: bytes, platform: str) -> None:
     aligned at both ends, no W+X segment, and exactly one ABI1 and one MFT1 PT_NOTE.
     qemu: a multiboot header (a.out kludge) in the first 8 KiB whose load range matches
     the file.
+    xen: the same ELF rules as hvt, but exactly one Xen PVH entry note
+    (XEN_ELFNOTE_PHYS32_ENTRY) whose entry lies in an executable PT_LOAD, and no Solo5
+    notes (ADR 0011).
 
     Raises:
         BuildError: the image does not have that layout.
     """
     if platform == "hvt":
         _check_hvt(data)
+    elif platform == "xen":
+        _check_xen(data)
     else:
         _check_multiboot(data)
 
 
-def _check_hvt(data: bytes) -> None:
+_XEN_NOTE_NAME = b"Xen\x00"
+_XEN_ELFNOTE_PHYS32_ENTRY = 18
+
+
+def _check_xen(data: bytes) -> None:
+    loads, notes = _elf_segments(data)
+    entries = [
+        desc
+        for name, n_type, desc in notes
+        if name == _XEN_NOTE_NAME and n_type == _XEN_ELFNOTE_PHYS32_ENTRY
+    ]
+    if len(entries) != 1 or len(entries[0]) not in (4, 8):
+        raise BuildError("image: expected exactly one Xen PVH entry note (type 18, 4 or 8 bytes)")
+    if any(name == b"Solo5\x00" for name, _t, _d in notes):
+        raise BuildError("image: a xen image must not carry Solo5 notes")
+    entry = int.from_bytes(entries[0], "little")
+    if not any(v <= entry < v + ms and f & _PF_X for v, f, ms in loads):
+        raise BuildError(f"image: PVH entry {entry:#x} is not in an executable segment")
+
+
+def _elf_segments(
+    data: bytes,
+) -> tuple[list[tuple[int, int, int]], list[tuple[bytes, int, bytes]]]:
+    """Check the ELF rules shared by hvt and xen; return PT_LOADs and all notes.
+
+    Returns:
+        (vaddr, flags, memsz) per PT_LOAD, and (name, type, desc) per note (4-aligned).
+    """
     if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise BuildError("image: not a little-endian ELF64 file")
     e_type, e_machine = struct.unpack_from("<HH", data, 16)
@@ -246,7 +286,8 @@ def _check_hvt(data: bytes) -> None:
     e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
     if e_type != 2 or e_machine != 62 or e_entry < 0x100000 or e_phentsize != 56:
         raise BuildError("image: expected an x86-64 ET_EXEC with entry >= 0x100000")
-    notes: list[int] = []
+    loads: list[tuple[int, int, int]] = []
+    notes: list[tuple[bytes, int, bytes]] = []
     for i in range(e_phnum):
         off = e_phoff + i * 56
         if off + 56 > len(data):
@@ -259,10 +300,28 @@ def _check_hvt(data: bytes) -> None:
                 raise BuildError(f"image: segment {i} at {p_vaddr:#x} is writable and executable")
             if p_vaddr % 0x1000 or (p_vaddr + p_memsz) % 0x1000 or p_vaddr < 0x100000:
                 raise BuildError(f"image: segment {i} at {p_vaddr:#x} is not 4 KiB aligned")
-        elif p_type == _PT_NOTE and p_filesz >= 20 and p_offset + 20 <= len(data):
-            _namesz, _descsz, n_type = struct.unpack_from("<III", data, p_offset)
-            notes.append(n_type)
-    if sorted(notes) != [0x31494241, 0x3154464D]:
+            loads.append((p_vaddr, p_flags, p_memsz))
+        elif p_type == _PT_NOTE and p_offset + p_filesz <= len(data):
+            notes += _notes(data[p_offset : p_offset + p_filesz])
+    return loads, notes
+
+
+def _notes(segment: bytes) -> list[tuple[bytes, int, bytes]]:
+    out: list[tuple[bytes, int, bytes]] = []
+    pos = 0
+    while pos + 12 <= len(segment):
+        namesz, descsz, n_type = struct.unpack_from("<III", segment, pos)
+        desc = pos + 12 + (namesz + 3) // 4 * 4
+        if desc + descsz > len(segment):
+            break
+        out.append((segment[pos + 12 : pos + 12 + namesz], n_type, segment[desc : desc + descsz]))
+        pos = desc + (descsz + 3) // 4 * 4
+    return out
+
+
+def _check_hvt(data: bytes) -> None:
+    _loads, notes = _elf_segments(data)
+    if sorted(n_type for _name, n_type, _desc in notes) != [0x31494241, 0x3154464D]:
         raise BuildError("image: expected exactly one ABI1 and one MFT1 note")
 
 

@@ -36,6 +36,8 @@ STATEFUL_COMMANDS: dict[str, CommandMode] = {
     "rollback": "confirm",
 }
 ACCELS = ("auto", "kvm", "tcg")
+HYPERVISORS = ("kvm", "xen")
+XEN_TSC_MODES = ("default", "always_emulate", "native", "native_paravirt")
 
 _ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 _URL_RE = re.compile(r"https?://[^\s/]+(/\S*)?")
@@ -96,12 +98,38 @@ class PathsConfig:
 
 @dataclass(frozen=True, slots=True)
 class RunnerConfig:
-    """The VM runners: edge-tender (None: search as `edgeagent boot` does) and QEMU."""
+    """The VM runners: edge-tender (None: search as `edgeagent boot` does) and QEMU.
+
+    ``hypervisor`` says what the device runs on: "kvm" (hvt and QEMU targets) or "xen" (the
+    agent runs in dom0: xen targets run under xl, ADR 0012; hvt targets cannot run).
+    """
 
     tender: str | None = None
     qemu: str = "qemu-system-x86_64"
     accel: str = "auto"
     stop_grace_s: float = 5.0
+    hypervisor: str = "kvm"
+
+
+@dataclass(frozen=True, slots=True)
+class XenConfig:
+    """The xen runner (used when ``runner.hypervisor = "xen"``; ADR 0012).
+
+    Attributes:
+        xl: path of xl, or a name looked up on PATH.
+        console_dir: xenconsoled's ``--log-dir`` (it must run with ``--log=guest``).
+        tsc_mode: xl ``tsc_mode`` of every domain ("native" under QEMU TCG).
+        vcpus: virtual CPUs per domain.
+        domain_prefix: domain names are ``<prefix><workload>-<8 hex>``.
+        poll_interval_s: seconds between ``xl list`` polls of a running domain.
+    """
+
+    xl: str = "xl"
+    console_dir: str = "/var/log/xen"
+    tsc_mode: str = "native"
+    vcpus: int = 1
+    domain_prefix: str = "edge-"
+    poll_interval_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +264,7 @@ class AgentConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    xen: XenConfig = field(default_factory=XenConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     serial: SerialConfig = field(default_factory=SerialConfig)
@@ -462,6 +491,28 @@ def _hotplug(t: _Table, base_dir: str) -> HotplugConfig:
     return cfg
 
 
+_XEN_PREFIX_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+
+def _xen(t: _Table, base_dir: str) -> XenConfig:
+    d = XenConfig()
+    xl = t.string("xl", d.xl)
+    if not xl:
+        raise t.error(t.key("xl"), "a path or a program name", xl)
+    cfg = XenConfig(
+        xl=_path(xl, base_dir) if "/" in xl else xl,
+        console_dir=_path(t.string("console_dir", d.console_dir), base_dir),
+        tsc_mode=t.string("tsc_mode", d.tsc_mode),
+        vcpus=t.integer("vcpus", d.vcpus, 1, 64),
+        domain_prefix=t.string("domain_prefix", d.domain_prefix, _XEN_PREFIX_RE),
+        poll_interval_s=t.number("poll_interval_s", d.poll_interval_s),
+    )
+    if cfg.tsc_mode not in XEN_TSC_MODES:
+        raise t.error(t.key("tsc_mode"), f"one of {XEN_TSC_MODES}", cfg.tsc_mode)
+    t.done()
+    return cfg
+
+
 _WINDOW_RE = re.compile(r"always|([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d")
 
 
@@ -542,8 +593,12 @@ def parse_config(data: bytes, source: str = "agent.toml", base_dir: str = "/") -
         qemu=r.string("qemu", RunnerConfig().qemu),
         accel=accel,
         stop_grace_s=r.number("stop_grace_s", RunnerConfig().stop_grace_s),
+        hypervisor=r.string("hypervisor", "kvm"),
     )
+    if runner.hypervisor not in HYPERVISORS:
+        raise r.error(r.key("hypervisor"), f"one of {HYPERVISORS}", runner.hypervisor)
     r.done()
+    xen = _xen(top.table("xen"), base_dir)
 
     health = _health(top.table("health"))
 
@@ -569,6 +624,7 @@ def parse_config(data: bytes, source: str = "agent.toml", base_dir: str = "/") -
         device=device,
         paths=paths,
         runner=runner,
+        xen=xen,
         health=health,
         limits=limits,
         serial=serial,

@@ -97,6 +97,10 @@ class VmUnhealthyError(VmError):
     """A guest missed its heartbeat deadline or failed its probe."""
 
 
+class DomainCollisionError(VmError):
+    """A Xen domain with the name the agent needs exists and was not created by it (ADR 0012)."""
+
+
 class OtaError(EdgeAgentError):
     """An over-the-air update could not proceed."""
 

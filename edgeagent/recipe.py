@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from edgeagent.errors import RecipeError
 
-PLATFORMS: tuple[str, ...] = ("hvt", "qemu")
+PLATFORMS: tuple[str, ...] = ("hvt", "qemu", "xen")
 
 # Library OS parts and the platforms that provide them. "core" is always linked.
 LIBOS_PARTS: dict[str, frozenset[str]] = {
@@ -34,6 +34,12 @@ LIBOS_PARTS: dict[str, frozenset[str]] = {
 
 # Platforms whose images carry a device manifest (MFT1).
 DEVICE_PLATFORMS: frozenset[str] = frozenset({"hvt"})
+
+# Why a platform lacks devices, appended to the error (ADR 0002, ADR 0011).
+_NO_DEVICES_WHY: dict[str, str] = {
+    "qemu": "",
+    "xen": "; the xen platform has no block or net front-ends (ADR 0011)",
+}
 
 MEMORY_MB_MIN = 2
 MEMORY_MB_MAX = 4096
@@ -224,11 +230,13 @@ def parse_recipe(data: bytes, *, filename: str = "recipe.toml") -> Recipe:
                 raise RecipeError(
                     f"{filename}: field 'libos': part '{part}' is not available on platform "
                     f"'{plat}' (it is on: {', '.join(sorted(LIBOS_PARTS[part]))})"
+                    f"{_NO_DEVICES_WHY.get(plat, '') if part in _DEVICE_KEYS else ''}"
                 )
         if (devices.block or devices.net) and plat not in DEVICE_PLATFORMS:
             raise RecipeError(
                 f"{filename}: field 'platforms': platform '{plat}' has no devices, but "
                 f"[devices] declares some (devices need: {', '.join(sorted(DEVICE_PLATFORMS))})"
+                f"{_NO_DEVICES_WHY.get(plat, '')}"
             )
 
     return Recipe(

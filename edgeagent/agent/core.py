@@ -69,6 +69,7 @@ from edgeagent.errors import (
     StoreError,
     UnknownWorkloadError,
     VerificationError,
+    VmError,
 )
 from edgeagent.ota import service as host_ota_service
 from edgeagent.registry.fetch import FetchConfig, Fetcher, HttpxFetcher
@@ -78,6 +79,7 @@ from edgeagent.store.layout import BlobRef, Entry
 from edgeagent.verify.clock import TrustedClock
 from edgeagent.vmm.runner import RunnerTools
 from edgeagent.vmm.spec import Accel
+from edgeagent.vmm.xen_runner import XenTools, cleanup_domains
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,23 @@ def restart_settings(cfg: AgentConfig) -> RestartSettings:
         backoff_max_s=h.restart_backoff_max_s,
         crash_loop_restarts=h.crash_loop_restarts,
         crash_loop_window_s=h.crash_loop_window_s,
+    )
+
+
+def xen_tools(cfg: AgentConfig, state_dir: Path) -> XenTools | None:
+    """The xen runner's settings from ``[xen]``, when ``runner.hypervisor = "xen"`` (ADR 0012)."""
+    if cfg.runner.hypervisor != "xen":
+        return None
+    x = cfg.xen
+    return XenTools(
+        state_dir=state_dir / "xen",
+        xl=x.xl,
+        console_dir=x.console_dir,
+        tsc_mode=x.tsc_mode,
+        vcpus=x.vcpus,
+        prefix=x.domain_prefix,
+        poll_interval_s=x.poll_interval_s,
+        stop_grace=cfg.runner.stop_grace_s,
     )
 
 
@@ -175,6 +194,7 @@ class Agent:
             ),
             state_dir=self.state_dir,
             accel=_accel(cfg.runner.accel),
+            xen=xen_tools(cfg, self.state_dir),
         )
         self.settings = restart_settings(cfg)
         self._fetcher = fetcher
@@ -344,6 +364,14 @@ class Agent:
             if ws.phase == "idle":
                 ws.candidate = None
         self._persist()
+        if self.runtime.xen is not None:
+            # Our domains left by a previous agent: the current versions' are adopted when
+            # their workloads start, the others destroyed; other domains are never touched.
+            keep = [ws.current.key for ws in self.ws.values() if ws.current is not None]
+            try:
+                await cleanup_domains(self.runtime.xen, keep)
+            except VmError as exc:
+                log.error("xen: cleaning up domains left by a previous agent failed: %s", exc)
         for _name, ws in sorted(self.ws.items()):
             if ws.current is not None:
                 path = await self._cached(ws.current)
@@ -464,6 +492,7 @@ class Agent:
             groups=c.device.groups,
             max_workloads=c.limits.max_workloads,
             max_mem_mb=c.limits.max_mem_mb,
+            hypervisor=c.runner.hypervisor,
         )
         self.skipped = dict(desired.skipped)
         self.published = dict(desired.workloads)
@@ -534,6 +563,7 @@ class Agent:
                 groups=c.device.groups,
                 max_workloads=c.limits.max_workloads,
                 max_mem_mb=c.limits.max_mem_mb,
+                hypervisor=c.runner.hypervisor,
             )
             copied: list[str] = []
             for name, w in sorted(desired.workloads.items()):

@@ -27,9 +27,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edgeagent.errors import ConfigError
+from edgeagent.vmm.xen import WORKLOAD_NAME_RE
 
 CUSTOM_KEY = "edgeagent"
-RUNNABLE_KINDS = ("hvt", "qemu")
+RUNNABLE_KINDS = ("hvt", "qemu", "xen")
+#: The kinds each hypervisor runs (``runner.hypervisor``): a Xen dom0 has no KVM, and a
+#: KVM host has no xl (ADR 0012 §4).
+KINDS_ON: dict[str, tuple[str, ...]] = {"kvm": ("hvt", "qemu"), "xen": ("xen", "qemu")}
+#: Longest xen workload name (the domain name adds a prefix and 9 characters; Xen allows 63).
+XEN_NAME_MAX = 40
 _DEVICE_RE = re.compile(r"[A-Za-z0-9]{1,67}")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -54,7 +60,8 @@ class Workload:
         name: the target (and workload) name.
         version: ``custom.edgeagent.version``.
         sha256, length: the signed blob.
-        kind: "hvt" (edge-tender) or "qemu" (multiboot/Linux/PVH kernels under QEMU).
+        kind: "hvt" (edge-tender), "qemu" (multiboot/Linux/PVH kernels under QEMU) or "xen"
+            (a PVH kernel as a Xen domain, under xl).
         mem_mb: guest memory.
         args: guest arguments.
         blocks: block device names; their files live in the agent's volumes folder.
@@ -65,7 +72,7 @@ class Workload:
     version: str
     sha256: str
     length: int
-    kind: Literal["hvt", "qemu"]
+    kind: Literal["hvt", "qemu", "xen"]
     mem_mb: int
     args: tuple[str, ...] = ()
     blocks: tuple[str, ...] = ()
@@ -153,14 +160,12 @@ def parse_workload(entry: TargetEntry) -> Workload:
             raise ConfigError(f"{where}: device name {dev!r}: expected 1-67 letters or digits")
     if len(set(blocks + nets)) != len(blocks + nets):
         raise ConfigError(f"{where}: field 'devices': a device name is given twice")
-    if kind == "xen":
-        raise ConfigError(f"{where}: field 'kind': xen images cannot run on this device")
     return Workload(
         name=entry.name,
         version=version,
         sha256=entry.sha256,
         length=entry.length,
-        kind="hvt" if kind == "hvt" else "qemu",
+        kind="hvt" if kind == "hvt" else "xen" if kind == "xen" else "qemu",
         mem_mb=mem,
         args=_strings(section, "args", where),
         blocks=blocks,
@@ -212,13 +217,15 @@ def desired_state(
     groups: Iterable[str],
     max_workloads: int,
     max_mem_mb: int,
+    hypervisor: str = "kvm",
 ) -> Desired:
     """Decide which workloads this device should run.
 
     Targets without ``custom.edgeagent`` are not workloads and are ignored silently; targets
     selected for this device that are malformed, need net devices (not wired by the agent
-    yet) or exceed the limits are listed in ``skipped`` with the reason. Limits are applied
-    in name order, so the decision is stable across polls.
+    yet), are of a kind this device's hypervisor cannot run (`KINDS_ON`; ``hypervisor`` is
+    ``runner.hypervisor``) or exceed the limits are listed in ``skipped`` with the reason.
+    Limits are applied in name order, so the decision is stable across polls.
     """
     groups = tuple(groups)
     chosen: dict[str, Workload] = {}
@@ -237,7 +244,10 @@ def desired_state(
         except ConfigError as exc:
             skipped.append((entry.name, str(exc)))
             continue
-        if w.nets:
+        refused = runnable_here(w, hypervisor)
+        if refused:
+            skipped.append((w.name, refused))
+        elif w.nets:
             skipped.append((w.name, "net devices are not supported by the agent yet"))
         elif len(chosen) >= max_workloads:
             skipped.append((w.name, f"over limits.max_workloads ({max_workloads})"))
@@ -247,6 +257,29 @@ def desired_state(
             chosen[w.name] = w
             mem_used += w.mem_mb
     return Desired(workloads=chosen, skipped=tuple(skipped))
+
+
+def runnable_here(w: Workload, hypervisor: str) -> str:
+    """Why ``w`` cannot run on a device whose hypervisor is ``hypervisor`` ("" if it can)."""
+    if w.kind not in KINDS_ON.get(hypervisor, ()):
+        if w.kind == "xen":
+            return (
+                "kind xen: xen images cannot run on this device "
+                f"(runner.hypervisor is {hypervisor}, not xen)"
+            )
+        return (
+            f"kind {w.kind}: cannot run on this device (runner.hypervisor is {hypervisor}; "
+            f"it runs {', '.join(KINDS_ON.get(hypervisor, ()))} targets)"
+        )
+    if w.kind == "xen":
+        if w.blocks or w.nets:
+            return "kind xen: block and net devices are not supported (no PV front-ends yet)"
+        if not WORKLOAD_NAME_RE.fullmatch(w.name) or len(w.name) > XEN_NAME_MAX:
+            return (
+                f"kind xen: the target name becomes a Xen domain name; expected a-z, 0-9 and "
+                f"'-' (at most {XEN_NAME_MAX} characters, not starting or ending with '-')"
+            )
+    return ""
 
 
 Choice = Literal["keep", "install", "update", "held"]

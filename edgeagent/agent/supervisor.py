@@ -2,10 +2,12 @@
 
 What it does:
 
-- `Instance` boots one version of one workload with `edgeagent.vmm.runner.run_vm` in the
-  agent's guests nursery, feeds its console into the workload's `ConsoleLog`, counts heartbeat
-  lines (``^HEARTBEAT seq=N uptime_ms=M$``, image-recipes/README.md) and records how it ended.
-  Stopping is the runner's: SIGTERM, a grace period, SIGKILL, each step logged.
+- `Instance` boots one version of one workload with `edgeagent.vmm.runner.run_vm` (or, for
+  kind "xen", `edgeagent.vmm.xen_runner.run_domain`, ADR 0012) in the agent's guests nursery,
+  feeds its console into the workload's `ConsoleLog`, counts heartbeat lines
+  (``^HEARTBEAT seq=N uptime_ms=M$``, image-recipes/README.md) and records how it ended.
+  Stopping is the runner's: SIGTERM, a grace period, SIGKILL (xen: xl shutdown, a grace
+  period, xl destroy), each step logged.
 - `WorkloadSupervisor` runs the restart loop of one workload: start an instance (or adopt the
   candidate an OTA update just committed), watch its heartbeat deadline, and after it ends ask
   the pure `edgeagent.agent.policy.RestartPolicy` when to start it again.
@@ -32,27 +34,36 @@ import trio
 from edgeagent.agent.desired import Workload
 from edgeagent.agent.policy import RestartPolicy, RestartSettings
 from edgeagent.agent.state import ConsoleLog, LineFramer, ensure_volume
-from edgeagent.errors import EdgeAgentError, ImageFormatError
+from edgeagent.errors import EdgeAgentError, ImageFormatError, VmError
 from edgeagent.vmm.events import VmResult
 from edgeagent.vmm.imageformat import recognise
 from edgeagent.vmm.runner import RunnerTools, RunningVm, run_vm
 from edgeagent.vmm.spec import Accel, VmSpec
+from edgeagent.vmm.xen import XenSpec, domain_name
+from edgeagent.vmm.xen_runner import RunningDomain, XenTools, run_domain
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_RE = re.compile(r"^HEARTBEAT seq=(\d+) uptime_ms=(\d+)$")
 #: Extra seconds, beyond the stop grace, that a stop may take before we stop waiting for it.
 STOP_SLACK_S = 3.0
+#: The same for a Xen domain: xl shutdown, list and destroy each take a second or more in dom0.
+XEN_STOP_SLACK_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
-    """What every instance needs: runner tools, the state folder, the accelerator."""
+    """What every instance needs: runner tools, the state folder, the accelerator.
+
+    ``xen`` is set when the device runs Xen (``runner.hypervisor = "xen"``): xen workloads
+    run as domains with those settings.
+    """
 
     tools: RunnerTools
     state_dir: Path
     accel: Accel = "auto"
     kvm: bool | None = None
+    xen: XenTools | None = None
 
 
 class _StartStatus:
@@ -63,12 +74,47 @@ class _StartStatus:
         self._instance = instance
         self.reported = False
 
-    def started(self, value: RunningVm | None = None) -> None:
+    def started(self, value: RunningVm | RunningDomain | None = None) -> None:
         if value is not None:
             self._instance._on_started(value)
         if not self.reported:
             self.reported = True
             self._inner.started()
+
+
+def build_xen_spec(workload: Workload, image: Path, runtime: Runtime) -> XenSpec:
+    """The `XenSpec` for one boot of a xen workload (blocking: reads the image).
+
+    Raises:
+        VmError: the device does not run Xen.
+        ImageFormatError: the image is not a PVH kernel (before anything is asked of xl).
+        ConfigError: the workload cannot be a domain (name, arguments).
+    """
+    xen = runtime.xen
+    if xen is None:
+        raise VmError(
+            f"target {workload.name} v{workload.version}: kind xen needs a Xen dom0 "
+            '(runner.hypervisor = "xen" in the agent config)'
+        )
+    info = recognise(str(image), image.read_bytes())
+    if info.kind != "pvh":
+        raise ImageFormatError(
+            f"target {workload.name} v{workload.version}: custom kind is xen but the image is "
+            f"{info.kind} ({info.detail}); expected a PVH kernel (ELF with a Xen PVH entry note)"
+        )
+    if workload.blocks or workload.nets:
+        raise VmError(
+            f"target {workload.name} v{workload.version}: xen workloads cannot have block or "
+            "net devices (no PV front-ends yet)"
+        )
+    return XenSpec(
+        name=domain_name(xen.prefix, workload.name, workload.key),
+        kernel=str(image.resolve()),
+        mem_mb=workload.mem_mb,
+        vcpus=xen.vcpus,
+        args=workload.args,
+        tsc_mode=xen.tsc_mode,
+    )
 
 
 def build_spec(workload: Workload, image: Path, runtime: Runtime) -> VmSpec:
@@ -78,6 +124,10 @@ def build_spec(workload: Workload, image: Path, runtime: Runtime) -> VmSpec:
         ImageFormatError: the image is not of the kind its target says.
         StoreError: a volume file cannot be created.
     """
+    if workload.kind == "xen":
+        raise ImageFormatError(
+            f"target {workload.name} v{workload.version}: kind xen runs under xl, not QEMU"
+        )
     info = recognise(str(image), image.read_bytes())
     if (workload.kind == "hvt") != (info.kind == "hvt"):
         raise ImageFormatError(
@@ -122,7 +172,7 @@ class Instance:
         self.console = console
         self.runtime = runtime
         self.on_pid = on_pid
-        self.vm: RunningVm | None = None
+        self.vm: RunningVm | RunningDomain | None = None
         self.started_at = trio.current_time()
         self.started_wall = time.time()
         self.heartbeats = 0
@@ -140,7 +190,7 @@ class Instance:
         """The runner's pid while it runs."""
         return None if self.vm is None or self.done.is_set() else self.vm.pid
 
-    def _on_started(self, vm: RunningVm) -> None:
+    def _on_started(self, vm: RunningVm | RunningDomain) -> None:
         self.vm = vm
         self.started_at = trio.current_time()
         self.started_wall = time.time()
@@ -182,7 +232,10 @@ class Instance:
         self.stop()
         with (
             trio.CancelScope(shield=True),
-            trio.move_on_after(self.runtime.tools.stop_grace + STOP_SLACK_S),
+            trio.move_on_after(
+                self.runtime.tools.stop_grace
+                + (XEN_STOP_SLACK_S if self.workload.kind == "xen" else STOP_SLACK_S)
+            ),
         ):
             await self.done.wait()
         if not self.done.is_set():
@@ -193,15 +246,27 @@ class Instance:
         status = _StartStatus(task_status, self)
         w = self.workload
         try:
-            spec = await trio.to_thread.run_sync(build_spec, w, self.image, self.runtime)
-            self.console.mark(f"starting {w.name} v{w.version}")
-            self.result = await run_vm(
-                spec,
-                console_sink=self._sink,
-                tools=self.runtime.tools,
-                kvm=self.runtime.kvm,
-                task_status=status,
-            )
+            if w.kind == "xen":
+                xspec = await trio.to_thread.run_sync(build_xen_spec, w, self.image, self.runtime)
+                assert self.runtime.xen is not None
+                self.console.mark(f"starting {w.name} v{w.version} (xen domain {xspec.name})")
+                self.result = await run_domain(
+                    xspec,
+                    key=w.key,
+                    console_sink=self._sink,
+                    tools=self.runtime.xen,
+                    task_status=status,
+                )
+            else:
+                spec = await trio.to_thread.run_sync(build_spec, w, self.image, self.runtime)
+                self.console.mark(f"starting {w.name} v{w.version}")
+                self.result = await run_vm(
+                    spec,
+                    console_sink=self._sink,
+                    tools=self.runtime.tools,
+                    kvm=self.runtime.kvm,
+                    task_status=status,
+                )
             self.console.mark(f"{w.name} v{w.version} ended: {self.result.message}")
         except (EdgeAgentError, OSError) as exc:
             # VmError, KvmUnavailableError, ConfigError (a spec that cannot run), StoreError.

@@ -15,6 +15,11 @@ SIGTERM, SIGHUP or SIGINT (Ctrl+C) to `edgeagent boot`, or its stdout being clos
 stops the VM the same way the agent does: SIGTERM to the runner, then SIGKILL after a
 grace period; the exit status is then 244.
 
+``--runner xen`` (in a Xen dom0, ADR 0012) boots a PVH image as a Xen domain named
+``edge-boot-<pid>`` with ``xl create`` instead, streams xenconsoled's guest log and exits
+with the guest's status (poweroff 0; crash: the status it printed, else 255). Stopping is
+``xl shutdown``, then ``xl destroy`` after the grace period (exit 244).
+
 What this module does not do: supervise or restart (the agent does), or verify
 where an image came from (``edgeagent pull`` does).
 """
@@ -25,6 +30,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -33,8 +39,24 @@ import trio
 from edgeagent.errors import ConfigError, ImageFormatError, VmError
 from edgeagent.vmm.events import VmResult
 from edgeagent.vmm.imageformat import recognise
-from edgeagent.vmm.runner import QEMU_NAME, RunnerTools, RunningVm, check_runnable, run_vm
+from edgeagent.vmm.runner import (
+    DEFAULT_STOP_GRACE,
+    QEMU_NAME,
+    RunnerTools,
+    RunningVm,
+    check_runnable,
+    run_vm,
+)
 from edgeagent.vmm.spec import ACCELS, Accel, VmSpec
+from edgeagent.vmm.xen import DEFAULT_TSC_MODE, TSC_MODES, XenSpec
+from edgeagent.vmm.xen_runner import (
+    DEFAULT_CONSOLE_DIR,
+    DEFAULT_XL,
+    RunningDomain,
+    XenTools,
+    run_domain,
+)
+from edgeagent.vmm.xen_runner import check_runnable as check_domain_runnable
 
 #: Images larger than this are refused before reading them whole.
 MAX_IMAGE_BYTES = 512 * 1024 * 1024
@@ -88,6 +110,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument(
         "--qemu", metavar="PATH", default=QEMU_NAME, help=f"QEMU binary (default {QEMU_NAME})"
+    )
+    parser.add_argument(
+        "--runner",
+        choices=("auto", "xen"),
+        default="auto",
+        help="auto: the image format decides (edge-tender or QEMU); xen: boot a PVH image as "
+        "a Xen domain with xl (run this in dom0)",
+    )
+    parser.add_argument(
+        "--xl", metavar="PATH", default=DEFAULT_XL, help=f"xl binary (default {DEFAULT_XL})"
+    )
+    parser.add_argument(
+        "--xen-console-dir",
+        metavar="DIR",
+        default=DEFAULT_CONSOLE_DIR,
+        help="xenconsoled's --log-dir, holding guest-NAME.log (default "
+        f"{DEFAULT_CONSOLE_DIR}; xenconsoled must run with --log=guest)",
+    )
+    parser.add_argument(
+        "--tsc-mode",
+        choices=TSC_MODES,
+        default=DEFAULT_TSC_MODE,
+        help=f"xl tsc_mode of the domain (default {DEFAULT_TSC_MODE}, needed under QEMU TCG)",
     )
     parser.add_argument("guest_args", nargs="*", metavar="ARGS", help="guest arguments, after --")
     parser.set_defaults(func=handle)
@@ -192,8 +237,83 @@ async def boot(spec: VmSpec, tools: RunnerTools) -> VmResult:
     return results[0]
 
 
+async def boot_domain(spec: XenSpec, tools: XenTools) -> VmResult:
+    """Run ``spec`` as a Xen domain to the end (signals and a closed stdout stop it)."""
+    results: list[VmResult] = []
+    stdout = _Stdout()
+    key = ("boot", spec.name, spec.kernel)
+    done = trio.Event()
+
+    async def run(*, task_status: trio.TaskStatus[RunningDomain]) -> None:
+        try:
+            results.append(
+                await run_domain(
+                    spec,
+                    key=key,
+                    console_sink=stdout,
+                    tools=tools,
+                    allow_adopt=False,
+                    task_status=task_status,
+                )
+            )
+        finally:
+            done.set()
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP, signal.SIGINT) as signals:
+        try:
+            async with trio.open_nursery() as nursery:
+                dom: RunningDomain = await nursery.start(run)
+
+                async def stop_on_signal() -> None:
+                    async for _sig in signals:
+                        dom.stop()
+
+                async def stop_when_stdout_closes() -> None:
+                    await stdout.closed.wait()
+                    dom.stop()
+
+                nursery.start_soon(stop_on_signal)
+                nursery.start_soon(stop_when_stdout_closes)
+                await done.wait()
+                nursery.cancel_scope.cancel(reason="domain ended")
+        except* VmError as group:
+            raise VmError(str(group.exceptions[0])) from group
+    return results[0]
+
+
+def _handle_xen(args: argparse.Namespace, data: bytes) -> int:
+    info = recognise(args.image, data)
+    if info.kind != "pvh":
+        raise ImageFormatError(
+            f"{args.image}: --runner xen boots PVH kernels, but this is {info.detail}"
+        )
+    if args.block or args.net:
+        raise ConfigError("--runner xen: --block and --net are not supported (no PV front-ends)")
+    with tempfile.TemporaryDirectory(prefix="edgeagent-boot-xen-") as tmp:
+        spec = XenSpec(
+            name=f"edge-boot-{os.getpid()}",
+            kernel=str(Path(args.image).resolve()),
+            mem_mb=args.mem or 64,
+            args=tuple(args.guest_args),
+            tsc_mode=args.tsc_mode,
+        )
+        tools = XenTools(
+            state_dir=Path(tmp),
+            xl=args.xl,
+            console_dir=args.xen_console_dir,
+            stop_grace=DEFAULT_STOP_GRACE,
+        )
+        check_domain_runnable(spec, tools)
+        result = trio.run(partial(boot_domain, spec, tools))
+    if result.guest_status is None or result.reason == "abort":
+        print(f"edgeagent: error: {args.image}: {result.message}", file=sys.stderr)
+    return result.exit_status
+
+
 def handle(args: argparse.Namespace) -> int:
     """Boot the image; return the guest's exit status (see the module docstring)."""
+    if args.runner == "xen":
+        return _handle_xen(args, _read_image(args.image))
     info = recognise(args.image, _read_image(args.image))
     accel: Accel = args.accel
     spec = VmSpec(

@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--platform",
         choices=PLATFORMS,
-        help="hvt (edge-tender) or qemu (multiboot, QEMU -kernel); default: the recipe's first",
+        help="hvt (edge-tender), qemu (multiboot, QEMU -kernel) or xen (a Xen PVH guest for "
+        "xl create); default: the recipe's first",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_handle)

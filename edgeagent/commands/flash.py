@@ -4,8 +4,10 @@ What it does: lists candidate targets (no DEVICE); or checks the target's safety
 ``(length, sha256)`` of IMAGE from a TUF registry (``--registry``) or a signed manifest
 (``--manifest``), both rooted in ``--trust ROOT.json``, and hands the write to
 `edgeagent.flash.writer` (verify the image, write the mapped chunks, read everything back); or,
-with ``--watch``, flashes every newly inserted candidate (a flashing station). ADR-0009 has the
-rules; docs/flash.md the operator's guide.
+with ``--watch``, flashes every newly inserted candidate (a flashing station, run under trio by
+`edgeagent.flash.station`). For a single target the range hashing of a block map starts before
+the trust check and overlaps it; nothing is written before the map is known to be the signed
+one. ADR-0009 has the rules; docs/flash.md the operator's guide.
 
 Output contract: progress on stderr; one result line per target on stdout::
 
@@ -25,17 +27,12 @@ import argparse
 import hashlib
 import os
 import sys
-import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import trio
-
-# tuf.api.metadata is the public API but re-exports these names implicitly (mypy strict).
-from tuf.api.metadata import TargetFile  # type: ignore[attr-defined]
-
-from edgeagent.client.updater import MetadataDir, Updater
 from edgeagent.errors import (
     ConfigError,
     EdgeAgentError,
@@ -44,7 +41,7 @@ from edgeagent.errors import (
     VerificationError,
 )
 from edgeagent.flash import devices
-from edgeagent.flash.manifest import SignedFile, check_file, from_target, signed_files
+from edgeagent.flash.pipeline import Poll
 from edgeagent.flash.plan import (
     BlockMap,
     MiB,
@@ -56,11 +53,18 @@ from edgeagent.flash.plan import (
     parse_bmap,
     signed_ranges,
 )
-from edgeagent.flash.writer import Progress, flash_image, image_extents
-from edgeagent.registry.fetch import FetchConfig, HttpxFetcher
-from edgeagent.registry.protocol import RegistryLayout
-from edgeagent.store.cas import Store
-from edgeagent.verify.clock import TrustedClock
+from edgeagent.flash.writer import Progress, RangeChecks, flash_blocking, image_extents
+
+if TYPE_CHECKING:
+    # tuf.api.metadata is the public API but re-exports these names implicitly (mypy strict).
+    from tuf.api.metadata import TargetFile  # type: ignore[attr-defined]
+
+    from edgeagent.flash.manifest import SignedFile
+
+# Start-up time matters here (bench/bench_flash.py counts it against bmaptool's): trio, httpx
+# and the TUF client are imported only by the code paths that need them (--registry, --watch),
+# and the manifest verifier (tuf, cryptography) only once the image's ranges are being hashed
+# (see _handle).
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
@@ -83,6 +87,14 @@ async def _signed_tuf(
     registry: str, root: bytes, names: tuple[str, str], store_dir: Path | None
 ) -> tuple[TargetFile | None, TargetFile | None]:
     """Refresh TUF metadata from ``registry``; return the targets ``names`` (nothing downloaded)."""
+    import tempfile
+
+    from edgeagent.client.updater import MetadataDir, Updater
+    from edgeagent.registry.fetch import FetchConfig, HttpxFetcher
+    from edgeagent.registry.protocol import RegistryLayout
+    from edgeagent.store.cas import Store
+    from edgeagent.verify.clock import TrustedClock
+
     with (
         tempfile.TemporaryDirectory(prefix="edgeagent-flash-") as tmp,
         Store.open(store_dir or Path(tmp)) as store,
@@ -104,6 +116,8 @@ def _signed(
     args: argparse.Namespace, name: str, bmap_name: str
 ) -> tuple[SignedFile, SignedFile | None]:
     """The signed image ``name`` and, when signed too, the block map ``bmap_name``."""
+    from edgeagent.flash.manifest import from_target, signed_files
+
     if args.trust is None:
         raise ConfigError("flash: --trust ROOT.json is required to verify the image")
     root = _read(args.trust, "trusted root", MAX_MANIFEST_BYTES)
@@ -116,6 +130,8 @@ def _signed(
             listed = ", ".join(sorted(files)) or "nothing"
             raise VerificationError(f"{args.manifest}: signs no file {name!r} (it signs {listed})")
         return files[name], files.get(bmap_name)
+    import trio
+
     store = Path(args.store) if args.store else None
     image, bmap = trio.run(_signed_tuf, args.registry, root, (name, bmap_name), store)
     if image is None:
@@ -190,16 +206,24 @@ class _Job:
     fd: int
     ranges: list[tuple[int, int, str]] | None = None
     bmap_sha256: str = ""
+    stream: bool = False
+    checks: RangeChecks | None = None
 
     def check(self, length: int, sha256: str) -> None:
+        from edgeagent.flash.manifest import check_file
+
         if sha256 or self.ranges is None:
             check_file(self.signed, length, sha256, self.image)
         elif length != self.signed.length:
             # Signed block map path: its ranges were checked while reading (ADR-0009 §1).
             check_file(self.signed, length, "", self.image)
 
-    async def flash(self, facts: TargetFacts) -> bool:
-        """Flash one target; print its PASS/FAIL line. Returns whether it passed."""
+    def flash(self, facts: TargetFacts, poll: Poll | None = None) -> None:
+        """Flash one target; print its PASS/FAIL line.
+
+        Raises:
+            EdgeAgentError: refused, verification failed, or the write/read-back failed.
+        """
         try:
             decision = decide_target(facts, self.plan, force=self.force)
             if not decision.allowed:
@@ -209,7 +233,7 @@ class _Job:
                 )
             for reason in decision.overridden:
                 print(f"flash: --force: {reason.message}", file=sys.stderr)
-            result = await flash_image(
+            result = flash_blocking(
                 self.fd,
                 self.image,
                 facts.path,
@@ -218,6 +242,9 @@ class _Job:
                 exclusive="mounted" not in {r.code for r in decision.overridden},
                 progress=Progress(sys.stderr, f"{facts.path} "),
                 ranges=self.ranges,
+                stream=self.stream,
+                poll=poll,
+                checks=self.checks,
             )
         except EdgeAgentError as exc:
             print(f"FAIL {_who(facts)}: {exc}", flush=True)
@@ -234,6 +261,14 @@ class _Job:
             f"{result.written / MiB:.1f} MiB written and read back in {total:.1f} s ({phases})",
             flush=True,
         )
+
+    def flash_in_station(self, facts: TargetFacts, poll: Poll) -> bool:
+        """`flash` for the watch mode: errors are printed, not raised. Returns if it passed."""
+        try:
+            self.flash(facts, poll)
+        except EdgeAgentError as exc:
+            print(f"edgeagent: error: {exc}", file=sys.stderr, flush=True)
+            return False
         return True
 
 
@@ -249,34 +284,15 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _watch(job: _Job, loop_backing: str | None, count: int | None) -> int:
-    failures = 0
-    flashed = 0
-    async with trio.open_nursery() as nursery:
+def _watch(job: _Job, loop_backing: str | None, count: int | None) -> int:
+    import trio
 
-        async def on_target(facts: TargetFacts) -> None:
-            nonlocal failures, flashed
-            try:
-                await job.flash(facts)
-            except EdgeAgentError as exc:
-                failures += 1
-                print(f"edgeagent: error: {exc}", file=sys.stderr, flush=True)
-            flashed += 1
-            if count is not None and flashed >= count:
-                nursery.cancel_scope.cancel(reason=f"flash --watch: {flashed} targets done")
+    from edgeagent.flash.station import run_station
 
-        source = await nursery.start(_watch_task, on_target, loop_backing)
+    def listening(source: str) -> None:
         print(f"flash: watching {source} uevents for new targets", file=sys.stderr, flush=True)
-    return 1 if failures else 0
 
-
-async def _watch_task(
-    on_target: devices.OnTarget,
-    loop_backing: str | None,
-    *,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await devices.watch(on_target, loop_backing=loop_backing, task_status=task_status)
+    return trio.run(run_station, job.flash_in_station, loop_backing, count, listening)
 
 
 def _handle(args: argparse.Namespace) -> int:
@@ -309,18 +325,33 @@ def _handle(args: argparse.Namespace) -> int:
                 print(f"FAIL {_who(facts)}: {reasons}", flush=True)
                 raise UnsafeTargetError(reasons + ("" if args.force else " (see --force)"))
         bmap_name = os.path.basename(bmap) if bmap else f"{name}.bmap"
-        signed, signed_bmap = _signed(args, name, bmap_name)
-        job = _Job(args.image, plan, signed, args.force, fd)
-        if bmap_data is not None and parsed is not None and signed_bmap is not None:
-            # A signed block map: its bytes must match, then its range sums are trusted.
-            job.bmap_sha256 = hashlib.sha256(bmap_data).hexdigest()
-            check_file(signed_bmap, len(bmap_data), job.bmap_sha256, str(bmap))
-            job.ranges = signed_ranges(parsed)
-        if facts is None:
-            return trio.run(_watch, job, args.loop_backing, args.count)
-        _confirm(facts, args.image, args.yes)
-        trio.run(job.flash, facts)
-        return 0
+        with ExitStack() as early:
+            unverified_ranges = signed_ranges(parsed) if parsed is not None else None
+            checks = None
+            if facts is not None and unverified_ranges:
+                # Hash the ranges while the trust check runs (imports, signatures, network).
+                # Nothing is written unless the block map turns out to be the signed one; the
+                # ranges come from exactly the bmap bytes whose sha256 is checked below.
+                checks = early.enter_context(
+                    RangeChecks(fd, args.image, plan, unverified_ranges, stream=args.stream)
+                )
+            signed, signed_bmap = _signed(args, name, bmap_name)
+            job = _Job(args.image, plan, signed, args.force, fd, stream=args.stream)
+            if bmap_data is not None and parsed is not None and signed_bmap is not None:
+                from edgeagent.flash.manifest import check_file
+
+                # A signed block map: its bytes must match, then its range sums are trusted.
+                job.bmap_sha256 = hashlib.sha256(bmap_data).hexdigest()
+                check_file(signed_bmap, len(bmap_data), job.bmap_sha256, str(bmap))
+                job.ranges = unverified_ranges
+                job.checks = checks
+            if job.checks is None:
+                early.close()  # The block map is not signed: hashed ranges are useless.
+            if facts is None:
+                return _watch(job, args.loop_backing, args.count)
+            _confirm(facts, args.image, args.yes)
+            job.flash(facts)
+            return 0
     finally:
         os.close(fd)
 
@@ -370,6 +401,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--bmap",
         metavar="FILE",
         help="bmaptool XML block map (default: IMAGE.bmap if present; 'none': SEEK_DATA)",
+    )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="with a signed block map: check each range as it is read for writing and write it "
+        "from that memory (the image is read once) instead of checking every range before the "
+        "first write; a bad range found mid-flash then leaves the ranges before it written "
+        "(FAIL: incomplete target)",
     )
     p.add_argument("--force", action="store_true", help="override the soft safety refusals")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")

@@ -8,9 +8,8 @@ What it does:
   holders (``/proc/self/mountinfo``, ``/proc/swaps``); a regular (or absent) file is a file target.
 - `list_candidates`: every whole disk that `plan.is_candidate` accepts (removable or USB, not
   mounted, not the system disk, non-zero size).
-- `watch`: a pyudev netlink monitor (``source="kernel"``, which needs no udevd; ``"udev"`` when
-  ``/run/udev/control`` exists) read through ``trio.lowlevel.wait_readable``; each uevent goes
-  through `plan.WatchState`, and each newly inserted candidate is handed to a callback.
+- `monitor_source`: which uevent source a monitor should use (the watch itself, which needs
+  trio, is `edgeagent.flash.station`).
 
 Loop devices are never candidates unless their backing file matches ``loop_backing`` (an fnmatch
 glob): then they count as removable media (a station test without hardware, ADR-0009 §3).
@@ -24,29 +23,32 @@ import fnmatch
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-
-import pyudev
-import trio
+from typing import TYPE_CHECKING
 
 from edgeagent.errors import FlashError
 from edgeagent.flash.plan import (
     TargetFacts,
-    WatchState,
     is_candidate,
     parse_mountinfo,
     parse_swaps,
     usage_of,
 )
 
+if TYPE_CHECKING:
+    import pyudev
+
+# pyudev (libudev through ctypes) is imported by the functions that use it: a file target
+# needs none of it.
+
 log = logging.getLogger(__name__)
 
 UDEV_CONTROL = Path("/run/udev/control")
 
 
-def _attr(dev: pyudev.Device, name: str) -> str:
+def attr(dev: pyudev.Device, name: str) -> str:
+    """A sysfs attribute of ``dev`` as stripped text ("" when absent or unreadable)."""
     try:
         value = dev.attributes.get(name)
     except (OSError, KeyError):
@@ -95,7 +97,7 @@ def _serial(dev: pyudev.Device) -> str:
     node: pyudev.Device | None = dev
     while node is not None:
         for name in ("serial", "device/serial"):
-            value = _attr(node, name)
+            value = attr(node, name)
             if value:
                 return value
         node = node.parent
@@ -114,11 +116,11 @@ def block_facts(dev: pyudev.Device, loop_backing: str | None = None) -> TargetFa
     disk = dev.find_parent("block", "disk") if is_partition else dev
     if disk is None:
         disk = dev
-    size = int(_attr(dev, "size") or 0) * 512
-    removable = _attr(disk, "removable") == "1"
-    model = " ".join(x for x in (_attr(disk, "device/vendor"), _attr(disk, "device/model")) if x)
+    size = int(attr(dev, "size") or 0) * 512
+    removable = attr(disk, "removable") == "1"
+    model = " ".join(x for x in (attr(disk, "device/vendor"), attr(disk, "device/model")) if x)
     serial = _serial(disk)
-    backing = _attr(disk, "loop/backing_file")
+    backing = attr(disk, "loop/backing_file")
     if backing:
         model = model or f"loop backed by {backing}"
         serial = serial or f"loop:{backing}"
@@ -137,7 +139,7 @@ def block_facts(dev: pyudev.Device, loop_backing: str | None = None) -> TargetFa
         size=size,
         removable=removable,
         usb=_is_usb(disk),
-        read_only=_attr(dev, "ro") == "1",
+        read_only=attr(dev, "ro") == "1",
         is_partition=is_partition,
         usage=usage,
         model=model,
@@ -161,6 +163,8 @@ def target_facts(path: str, loop_backing: str | None = None) -> TargetFacts:
         return TargetFacts(path=path, is_block=False, size=st.st_size)
     if not stat.S_ISBLK(st.st_mode):
         raise FlashError(f"{path}: not a block device or a regular file")
+    import pyudev
+
     try:
         dev = pyudev.Devices.from_device_file(pyudev.Context(), path)
     except (pyudev.DeviceNotFoundError, ValueError, OSError) as exc:
@@ -170,6 +174,8 @@ def target_facts(path: str, loop_backing: str | None = None) -> TargetFacts:
 
 def list_candidates(loop_backing: str | None = None) -> list[TargetFacts]:
     """Every whole disk that is a safe, unattended flash target right now."""
+    import pyudev
+
     ctx = pyudev.Context()
     found = []
     for dev in ctx.list_devices(subsystem="block", DEVTYPE="disk"):
@@ -182,49 +188,3 @@ def list_candidates(loop_backing: str | None = None) -> list[TargetFacts]:
 def monitor_source() -> str:
     """``udev`` when udevd runs (its events carry ID_* properties), else ``kernel``."""
     return "udev" if UDEV_CONTROL.exists() else "kernel"
-
-
-OnTarget = Callable[[TargetFacts], Awaitable[None]]
-
-
-async def watch(
-    on_target: OnTarget,
-    *,
-    loop_backing: str | None = None,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Call ``on_target`` (in this task) for each newly inserted candidate disk, forever.
-
-    Devices present at start are not flashed. ``task_status.started`` reports the monitor
-    source once the netlink socket listens (so a caller can insert media safely after it).
-
-    Raises:
-        FlashError: the netlink monitor cannot be opened (needs root for ``kernel``).
-    """
-    ctx = pyudev.Context()
-    source = monitor_source()
-    try:
-        monitor = pyudev.Monitor.from_netlink(ctx, source=source)
-        monitor.filter_by("block")
-        monitor.start()
-    except (OSError, ValueError) as exc:
-        raise FlashError(f"watch: cannot open the {source} uevent monitor: {exc}") from exc
-    state = WatchState()
-    state.seed(
-        d.sys_name
-        for d in ctx.list_devices(subsystem="block", DEVTYPE="disk")
-        if int(_attr(d, "size") or 0) > 0
-    )
-    task_status.started(source)
-    log.info("watching %s uevents for new block devices", source)
-    while True:
-        await trio.lowlevel.wait_readable(monitor.fileno())
-        while (dev := monitor.poll(timeout=0)) is not None:
-            if dev.subsystem != "block" or dev.device_type != "disk":
-                continue
-            action = dev.action or ""
-            size = 0 if action == "remove" else int(_attr(dev, "size") or 0)
-            facts = None if action == "remove" or size == 0 else block_facts(dev, loop_backing)
-            candidate = facts is not None and is_candidate(facts)
-            if state.on_event(action, dev.sys_name, size, candidate) and facts is not None:
-                await on_target(facts)

@@ -10,6 +10,9 @@ What it does:
   reasons are never overridden by ``--force`` (ADR-0009 §3);
 - parses ``/proc/self/mountinfo`` and ``/proc/swaps`` text and finds which mounts a set of device
   numbers backs (`usage_of`);
+- cuts a plan into `Group`s checked by `Span`s (`range_spans`, `chunk_spans`, `group_plan`):
+  every written byte is covered by a signed range's sha256, a chunk's sha256, or must be zero,
+  and each group can be verified, then written, on its own (ADR-0009 §1);
 - the watch-mode state machine (`WatchState`) and the progress line (`progress_line`).
 
 What it does not do: no file, device, sysfs or udev access, no clock, no hashing. Offsets, sizes,
@@ -230,6 +233,126 @@ def build_plan(
 def full_plan(image_size: int) -> WritePlan:
     """A plan that writes the whole image (no block map, no sparse information)."""
     return build_plan([(0, image_size)], image_size)
+
+
+# Verification spans and write groups ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Bytes ``[start, end)`` that must hash to ``sha256`` (raw digest), or be zero if it is b""."""
+
+    start: int
+    end: int
+    sha256: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Consecutive chunks that can only be checked together, and the spans that check them.
+
+    No span crosses a group's edges, so a group's bytes can be verified on their own and written
+    as soon as they are (ADR-0009 §1): a signed range longer than a chunk ties its chunks into
+    one group.
+    """
+
+    chunks: tuple[Chunk, ...]
+    spans: tuple[Span, ...]
+
+    @property
+    def offset(self) -> int:
+        """The first byte."""
+        return self.chunks[0].offset
+
+    @property
+    def end(self) -> int:
+        """One past the last byte."""
+        return self.chunks[-1].end
+
+    @property
+    def length(self) -> int:
+        """Bytes written by the group (its chunks are contiguous: no span covers a gap)."""
+        return sum(c.length for c in self.chunks)
+
+
+def range_spans(plan: WritePlan, ranges: Sequence[tuple[int, int, str]]) -> list[Span]:
+    """Spans checking every byte the plan writes against a signed block map.
+
+    Each signed range becomes a span with its sha256; the bytes a chunk writes outside every
+    range (alignment padding of a map with blocks smaller than 4 KiB) become zero spans, split at
+    chunk edges. Together the spans tile the written bytes exactly.
+
+    Args:
+        plan: the write plan built from the same block map.
+        ranges: ``(start, end, sha256hex)`` per range, sorted and disjoint (`signed_ranges`).
+
+    Raises:
+        ValueError: a range is not entirely written by the plan, or the ranges overlap.
+    """
+    runs: list[tuple[int, int]] = []
+    for c in plan.chunks:
+        if runs and runs[-1][1] == c.offset:
+            runs[-1] = (runs[-1][0], c.end)
+        else:
+            runs.append((c.offset, c.end))
+    signed: list[Span] = []
+    ri = 0
+    for start, end, sha in ranges:
+        if signed and start < signed[-1].end:
+            raise ValueError(f"range [{start}, {end}) overlaps the previous range")
+        while ri < len(runs) and runs[ri][1] <= start:
+            ri += 1
+        if start >= end or ri >= len(runs) or not (runs[ri][0] <= start and end <= runs[ri][1]):
+            raise ValueError(f"range [{start}, {end}) is not written by the plan")
+        signed.append(Span(start, end, bytes.fromhex(sha)))
+    zeros: list[Span] = []
+    si = 0
+    for c in plan.chunks:
+        pos = c.offset
+        while si < len(signed) and signed[si].end <= pos:
+            si += 1
+        k = si
+        while pos < c.end:
+            if k < len(signed) and signed[k].start <= pos:
+                pos = min(signed[k].end, c.end)
+                k += 1
+                continue
+            stop = min(signed[k].start, c.end) if k < len(signed) else c.end
+            zeros.append(Span(pos, stop))
+            pos = stop
+    return sorted(signed + zeros, key=lambda s: s.start)
+
+
+def chunk_spans(plan: WritePlan, digests: Sequence[bytes]) -> list[Span]:
+    """One span per chunk, with the chunk's sha256 (taken by a whole-image verification pass)."""
+    return [Span(c.offset, c.end, d) for c, d in zip(plan.chunks, digests, strict=True)]
+
+
+def group_plan(plan: WritePlan, spans: Sequence[Span]) -> tuple[Group, ...]:
+    """Split the plan into the smallest groups that no span crosses.
+
+    Args:
+        plan: the write plan.
+        spans: sorted spans tiling the plan's written bytes (`range_spans`, `chunk_spans`).
+    """
+    groups: list[Group] = []
+    chunks: list[Chunk] = []
+    in_group: list[Span] = []
+    reach = 0
+    si = 0
+    for c in plan.chunks:
+        if chunks and c.offset >= reach:
+            groups.append(Group(tuple(chunks), tuple(in_group)))
+            chunks, in_group = [], []
+        chunks.append(c)
+        reach = max(reach, c.end)
+        while si < len(spans) and spans[si].start < c.end:
+            in_group.append(spans[si])
+            reach = max(reach, spans[si].end)
+            si += 1
+    if chunks:
+        groups.append(Group(tuple(chunks), tuple(in_group)))
+    return tuple(groups)
 
 
 # Target safety ---------------------------------------------------------------------------

@@ -1,27 +1,46 @@
 """Flash an image onto a target: verify, write the mapped chunks, read everything back.
 
-What it does (ADR-0009), each step as blocking I/O in ``trio.to_thread.run_sync`` with a
-per-flash `trio.CapacityLimiter` (one thread per target, so a station can flash several targets
-at once) and ``abandon_on_cancel=False`` for anything that writes:
+What it does (ADR-0009 §1), as blocking code (`flash_blocking`, run directly by the CLI for one
+target, or in a thread by `flash_image` under trio for the watch mode) with a few helper
+threads that hash while the calling thread writes:
 
-1. `image_extents`: mapped ranges of the image by SEEK_DATA/SEEK_HOLE (when there is no block map).
-2. `verify_image`: one pass over the whole image: its sha256 (holes hashed as zeros without being
-   read), the sha256 of every planned chunk, and a check that every byte the plan skips is zero.
-   The caller's ``check`` (TUF target or signed manifest) runs on the result before the target is
-   even opened.
-3. `write_image`: large aligned writes, through O_DIRECT when the target supports it (otherwise
-   buffered with an fsync every ``FSYNC_EVERY`` bytes), then a final fsync. Block devices are opened
-   with O_EXCL (the kernel refuses while mounted) unless forced. A regular file target is recreated
-   sparse at the image's size, so it ends byte-identical to the image.
-4. `read_back`: every written chunk is read back (O_DIRECT, or after ``POSIX_FADV_DONTNEED``) and
-   its sha256 compared with the digest from step 2.
+1. Trust check, before the target is opened:
+
+   - **signed block map** (``ranges`` given): the image length is checked first (``check``),
+     then every byte the plan skips must be zero (holes found by SEEK_HOLE are not read);
+   - **whole image** (no signed block map): one pass over the whole image computes its sha256
+     (holes hashed as zeros without being read) and the sha256 of every planned chunk, checks
+     that skipped bytes are zero, and ``check(length, sha256)`` runs on the result.
+
+2. Write. The plan is cut into groups (`edgeagent.flash.plan.group_plan`), each checked by the
+   spans it holds. With a signed block map, helper threads read each group from the image and
+   hash it (`RangeChecks`). By default every group must match before the first write, so a bad
+   image leaves the target untouched; the writer then re-reads the image (the read-back in
+   step 3 catches a change in between). With ``stream``, each group is written as soon as it
+   matches, from the very buffers that were hashed when it fits ``HOLD_BYTES`` (else re-read):
+   no byte is written before the signed hash covering it has matched, and a range that does not
+   match stops the flash there (`DigestMismatchError`; the target may hold the verified ranges
+   before it, the message says how much). The checks may be started by the caller before the
+   trust check, to overlap hashing with it; nothing is written before ``flash_blocking`` has run
+   ``check``. Without a signed block map, the whole-image pass of step 1 comes first and the
+   writer re-reads the image.
+   Writes are large and aligned, through O_DIRECT when the target supports it (otherwise
+   buffered with an fsync every ``FSYNC_EVERY`` bytes), then a final fsync. Block devices are
+   opened with O_EXCL (the kernel refuses while mounted) unless forced. A regular file target is
+   recreated sparse at the image's size, so it ends byte-identical to the image.
+
+3. Read-back, after the final fsync of all writes (so a fake-capacity medium that wraps its
+   addresses is caught): every group is read back (O_DIRECT, or after ``POSIX_FADV_DONTNEED``)
+   by the helper threads and checked against the same spans: the signed range sums, or the
+   chunk sums of the whole-image pass.
 
 An I/O error while the target is in use (ENODEV, ENXIO, EIO, ENOSPC ...) becomes a `FlashError`
 naming the target, the offset and "disappeared or failed". Progress (rate, ETA) goes to a text
 stream (stderr).
 
 What it does not do: decide whether a target is safe (`edgeagent.flash.plan`), find targets
-(`edgeagent.flash.devices`), or know about TUF (the caller passes ``check``).
+(`edgeagent.flash.devices`), or know about TUF (the caller passes ``check``). It imports trio only
+inside `flash_image`, so a single flash from the command line does not pay for it.
 """
 
 from __future__ import annotations
@@ -35,23 +54,48 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TextIO
 
-import trio
-
 from edgeagent.errors import DigestMismatchError, FlashError, VerificationError
-from edgeagent.flash.plan import CHUNK_BYTES, Chunk, WritePlan, progress_line
+from edgeagent.flash.pipeline import (
+    WORKERS,
+    Ordered,
+    Poll,
+    Pool,
+    SpanCheck,
+    aligned_buffer,
+    is_zero,
+    zero_chunk,
+)
+from edgeagent.flash.plan import (
+    CHUNK_BYTES,
+    Chunk,
+    Group,
+    MiB,
+    Span,
+    WritePlan,
+    chunk_spans,
+    group_plan,
+    progress_line,
+    range_spans,
+)
 
 log = logging.getLogger(__name__)
 
 FSYNC_EVERY = 64 * 1024 * 1024
-BATCH_BYTES = 32 * 1024 * 1024  # work handed to a thread at once (cancellation granularity)
 DIRECT_ALIGN = 4096
-_ZEROS = bytes(CHUNK_BYTES)
+# A group up to this size is read once into memory, hashed, and written from that memory.
+HOLD_BYTES = 32 * 1024 * 1024
 _GONE = {errno.ENODEV, errno.ENXIO, errno.EIO, errno.ENOSPC, errno.ENOMEDIUM, errno.ESHUTDOWN}
 
 Check = Callable[[int, str], None]
+
+
+def _no_poll() -> None:
+    return None
 
 
 class Progress:
@@ -77,7 +121,7 @@ class Progress:
         self.advance(0)
 
     def advance(self, n: int) -> None:
-        """Count ``n`` more bytes; print when due (thread-safe: writer and reader share it)."""
+        """Count ``n`` more bytes; print when due (thread-safe: helper threads share it)."""
         with self._lock:
             self._advance(n)
 
@@ -103,7 +147,7 @@ class Progress:
 
 @dataclass(frozen=True, slots=True)
 class VerifiedImage:
-    """Result of `verify_image`: whole-image length and sha256, and one sha256 per chunk."""
+    """Result of `verify_whole`: whole-image length and sha256, and one sha256 per chunk."""
 
     length: int
     sha256: str
@@ -119,12 +163,6 @@ class FlashResult:
     written: int
     direct: bool
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def _aligned_buffer(size: int = CHUNK_BYTES) -> mmap.mmap:
-    # Anonymous mmaps are page aligned: usable for O_DIRECT. Freed by the garbage collector
-    # (views of it may still be referenced by a traceback when a phase fails).
-    return mmap.mmap(-1, size)
 
 
 def _pread_exact(fd: int, view: memoryview, offset: int, what: str) -> None:
@@ -193,141 +231,76 @@ def _segments(plan: WritePlan, data: list[tuple[int, int]]) -> list[tuple[int, i
     return segs
 
 
-def _split_batches(
-    segs: list[tuple[int, int, int, bool]],
-) -> list[list[tuple[int, int, int, bool]]]:
-    batches: list[list[tuple[int, int, int, bool]]] = [[]]
-    size = 0
-    for seg in segs:
-        if size >= BATCH_BYTES:
-            batches.append([])
-            size = 0
-        batches[-1].append(seg)
-        size += seg[1] - seg[0]
-    return [b for b in batches if b]
+def _omits_data(image: str, pos: int, n: int) -> VerificationError:
+    return VerificationError(
+        f"{image}: the block map omits data between offsets {pos} and {pos + n} "
+        "(unmapped bytes must be zero); refusing to flash"
+    )
 
 
-class _RangeSums:
-    """Running sha256 of each signed block map range over pieces fed in ascending order."""
-
-    def __init__(
-        self, ranges: Sequence[tuple[int, int, str]], mismatch: Callable[[int, int], Exception]
-    ):
-        self.ranges = list(ranges)
-        self.mismatch = mismatch
-        self.at = 0
-        self.hash: hashlib._Hash | None = None
-
-    def update(self, pos: int, piece: memoryview) -> None:
-        """Feed ``piece`` found at offset ``pos``; raise ``mismatch`` when a range is wrong."""
-        while piece:
-            while self.at < len(self.ranges) and self.ranges[self.at][1] <= pos:
-                self.at += 1
-            if self.at >= len(self.ranges):
-                return
-            start, end, sha = self.ranges[self.at]
-            if pos < start:
-                skip = min(start - pos, len(piece))
-                pos, piece = pos + skip, piece[skip:]
-                continue
-            n = min(end - pos, len(piece))
-            if self.hash is None:
-                self.hash = hashlib.sha256()
-            self.hash.update(piece[:n])
-            pos, piece = pos + n, piece[n:]
-            if pos == end:
-                digest, self.hash = self.hash.hexdigest(), None
-                self.at += 1
-                if digest != sha:
-                    raise self.mismatch(start, end)
-
-    def finish(self) -> None:
-        """Raise ``mismatch`` if a range was not fed completely."""
-        if self.at < len(self.ranges):
-            start, end, _ = self.ranges[self.at]
-            raise self.mismatch(start, end)
-
-
-async def verify_image(
-    fd: int,
-    plan: WritePlan,
-    image: str,
-    limiter: trio.CapacityLimiter,
-    progress: Progress,
-    ranges: Sequence[tuple[int, int, str]] | None = None,
+def verify_whole(
+    fd: int, plan: WritePlan, image: str, progress: Progress, poll: Poll = _no_poll
 ) -> VerifiedImage:
-    """Hash the image and each planned chunk; prove skipped bytes are zero.
-
-    Args:
-        fd: the open image.
-        plan: the write plan.
-        image: the image's name, for messages.
-        limiter: the flash's thread limiter.
-        progress: progress sink.
-        ranges: ``(start, end, sha256hex)`` of a *signed* block map (ADR-0009 §1): each range is
-            checked here, and the whole-image sha256 is not computed (``sha256`` is "").
+    """Hash the whole image and each planned chunk; prove skipped bytes are zero.
 
     Raises:
-        DigestMismatchError: a signed block map range does not match.
         VerificationError: a byte the plan would skip is not zero (the block map omits data).
         FlashError: the image cannot be read.
     """
-    data = await trio.to_thread.run_sync(image_extents, fd, plan.image_size, limiter=limiter)
-    whole = hashlib.sha256() if ranges is None else None
+    whole = hashlib.sha256()
     digests: list[bytes] = [b""] * len(plan.chunks)
     running: dict[int, hashlib._Hash] = {}
-
-    def tampered(start: int, end: int) -> Exception:
-        return DigestMismatchError(
-            f"{image}: bytes {start}-{end - 1} do not match the sha256 in the signed block map "
-            "(tampered or wrong image)"
-        )
-
-    sums = _RangeSums(ranges, tampered) if ranges is not None else None
-    buf = _aligned_buffer()
-    view = memoryview(buf)
-
-    def run(batch: list[tuple[int, int, int, bool]]) -> None:
-        for start, end, index, read in batch:
+    view = memoryview(aligned_buffer())
+    zeros = memoryview(zero_chunk())
+    progress.start("verify", plan.image_size)
+    try:
+        segs = _segments(plan, image_extents(fd, plan.image_size))
+        for start, end, index, read in segs:
             pos = start
             while pos < end:
+                poll()
                 n = min(CHUNK_BYTES, end - pos)
                 piece = view[:n]
                 if read:
                     _pread_exact(fd, piece, pos, image)
-                    if index < 0 and piece.tobytes() != _ZEROS[:n]:
-                        raise VerificationError(
-                            f"{image}: the block map omits data between offsets {pos} and "
-                            f"{pos + n} (unmapped bytes must be zero); refusing to flash"
-                        )
-                elif whole is not None:
-                    piece = memoryview(_ZEROS)[:n]
+                    if index < 0 and not is_zero(piece):
+                        raise _omits_data(image, pos, n)
                 else:
-                    pos += n  # A hole, not hashed: its bytes are zeros by definition.
-                    progress.advance(n)
-                    continue
-                if whole is not None:
-                    whole.update(piece)
-                if sums is not None:
-                    sums.update(pos, piece)
-                elif index >= 0:
+                    piece = zeros[:n]
+                whole.update(piece)
+                if index >= 0:
                     chunk_hash = running.setdefault(index, hashlib.sha256())
                     chunk_hash.update(piece)
                     if pos + n == plan.chunks[index].end:
                         digests[index] = running.pop(index).digest()
                 pos += n
                 progress.advance(n)
-
-    segs = _segments(plan, data)
-    progress.start("verify", plan.image_size)
-    try:
-        for batch in _split_batches(segs):
-            await trio.to_thread.run_sync(run, batch, limiter=limiter)
     except OSError as exc:
         raise FlashError(f"{image}: cannot read image: {exc.strerror}") from exc
-    if sums is not None:
-        sums.finish()
-    return VerifiedImage(plan.image_size, whole.hexdigest() if whole else "", tuple(digests))
+    return VerifiedImage(plan.image_size, whole.hexdigest(), tuple(digests))
+
+
+def check_gaps(fd: int, plan: WritePlan, image: str, poll: Poll = _no_poll) -> None:
+    """Prove that every byte the plan skips is zero (holes are; data in gaps is read).
+
+    Raises:
+        VerificationError: a skipped byte is not zero (the block map omits data).
+        FlashError: the image cannot be read.
+    """
+    view = memoryview(aligned_buffer())
+    try:
+        segs = _segments(plan, image_extents(fd, plan.image_size))
+        for start, end, index, read in segs:
+            if index >= 0 or not read:
+                continue
+            for pos in range(start, end, CHUNK_BYTES):
+                poll()
+                piece = view[: min(CHUNK_BYTES, end - pos)]
+                _pread_exact(fd, piece, pos, image)
+                if not is_zero(piece):
+                    raise _omits_data(image, pos, len(piece))
+    except OSError as exc:
+        raise FlashError(f"{image}: cannot read image: {exc.strerror}") from exc
 
 
 # Target side -----------------------------------------------------------------------------
@@ -347,6 +320,9 @@ class _Target:
         if self.buffered_fd < 0:
             self.buffered_fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         return self.buffered_fd
+
+    def fd_for(self, c: Chunk) -> int:
+        return self.fd if _aligned(c) else self.tail_fd()
 
     def close(self) -> None:
         for fd in (self.buffered_fd, self.fd):
@@ -411,135 +387,354 @@ def _aligned(c: Chunk) -> bool:
     return c.offset % DIRECT_ALIGN == 0 and c.length % DIRECT_ALIGN == 0
 
 
-async def write_image(
-    src_fd: int,
-    target: _Target,
-    plan: WritePlan,
-    limiter: trio.CapacityLimiter,
-    progress: Progress,
-) -> None:
-    """Write every planned chunk from the image to the target, then fsync.
-
-    Raises:
-        FlashError: a read of the image or a write to the target failed.
-    """
-    buf = _aligned_buffer()
-    view = memoryview(buf)
-    since_sync = 0
-
-    def run(chunks: list[Chunk]) -> None:
-        nonlocal since_sync
-        for c in chunks:
-            piece = view[: c.length]
-            try:
-                _pread_exact(src_fd, piece, c.offset, "image")
-            except OSError as exc:
-                raise FlashError(f"image: read failed at offset {c.offset}: {exc}") from exc
-            fd = target.fd if _aligned(c) else target.tail_fd()
-            done = 0
-            try:
-                while done < c.length:
-                    n = os.pwrite(fd, piece[done:], c.offset + done)
-                    if n == 0:
-                        raise OSError(errno.ENOSPC, "no space left on target")
-                    done += n
-                if not target.direct:
-                    since_sync += c.length
-                    if since_sync >= FSYNC_EVERY:
-                        os.fsync(fd)
-                        since_sync = 0
-            except OSError as exc:
-                raise _gone(target.path, c.offset + done, exc, "write") from exc
-            progress.advance(c.length)
-
-    def sync() -> None:
-        for fd in (target.fd, target.buffered_fd):
-            if fd >= 0:
-                try:
-                    os.fsync(fd)
-                except OSError as exc:
-                    raise _gone(target.path, plan.mapped_end, exc, "final fsync") from exc
-
-    progress.start("write", plan.mapped_bytes)
-    for batch in _chunk_batches(plan):
-        await trio.to_thread.run_sync(run, batch, limiter=limiter, abandon_on_cancel=False)
-    await trio.to_thread.run_sync(sync, limiter=limiter, abandon_on_cancel=False)
+# The flash --------------------------------------------------------------------------------
 
 
-def _chunk_batches(plan: WritePlan) -> list[list[Chunk]]:
-    batches: list[list[Chunk]] = []
-    size = BATCH_BYTES
-    for c in plan.chunks:
-        if size >= BATCH_BYTES:
-            batches.append([])
-            size = 0
-        batches[-1].append(c)
-        size += c.length
-    return batches
+class _ImageReader:
+    """Reads the image for one flash: per-thread scratch buffers, and group checks."""
 
+    def __init__(self, src_fd: int, image: str) -> None:
+        self.src_fd = src_fd
+        self.image = image
+        self._scratch = threading.local()
 
-async def read_back(
-    target: _Target,
-    plan: WritePlan,
-    verified: VerifiedImage,
-    limiter: trio.CapacityLimiter,
-    progress: Progress,
-    ranges: Sequence[tuple[int, int, str]] | None = None,
-) -> None:
-    """Read every written chunk back from the target and compare sha256 digests.
+    def buffer(self) -> memoryview:
+        """This thread's own 4 MiB buffer (reused: fresh pages cost a fault each)."""
+        view: memoryview | None = getattr(self._scratch, "view", None)
+        if view is None:
+            view = memoryview(aligned_buffer())
+            self._scratch.view = view
+        return view
 
-    The digests are those of each chunk from `verify_image`, or with ``ranges`` (a signed
-    block map) the signed sha256 of each range: then the target is checked against the signed
-    values directly.
+    def read(self, view: memoryview, offset: int) -> None:
+        try:
+            _pread_exact(self.src_fd, view, offset, self.image)
+        except OSError as exc:
+            raise FlashError(f"{self.image}: read failed at offset {offset}: {exc}") from exc
 
-    Raises:
-        FlashError: a chunk or range differs (names the bytes) or cannot be read.
-    """
-    buf = _aligned_buffer()
-    view = memoryview(buf)
-
-    def mismatch(start: int, end: int) -> Exception:
-        return FlashError(
-            f"{target.path}: read-back mismatch in bytes {start}-{end - 1}: the target did not "
-            "store what was written (failing medium, or the image changed after verification)"
+    def tampered(self, span: Span) -> Exception:
+        what = (
+            "do not match the sha256 in the signed block map"
+            if span.sha256
+            else "must be zero (written, but outside the signed block map's ranges)"
+        )
+        return DigestMismatchError(
+            f"{self.image}: bytes {span.start}-{span.end - 1} {what} (tampered or wrong image)"
         )
 
-    sums = _RangeSums(ranges, mismatch) if ranges is not None else None
+    def check_group(
+        self, group: Group, buffers: Sequence[mmap.mmap] | None, poll: Poll = _no_poll
+    ) -> None:
+        """Read a group from the image (into ``buffers`` or a scratch buffer) and check it.
 
-    def drop_cache() -> None:
-        # Best effort: make buffered read-back come from the device, not the page cache.
-        for fd in (target.fd, target.buffered_fd):
-            if fd >= 0:
-                try:
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                except OSError as exc:
-                    log.debug("%s: fadvise failed: %s", target.path, exc)
+        ``poll`` runs before each chunk and may raise to stop (a long range is many chunks).
+        """
+        check = SpanCheck(group.spans, self.tampered)
+        for k, c in enumerate(group.chunks):
+            poll()
+            view = memoryview(buffers[k])[: c.length] if buffers else self.buffer()[: c.length]
+            self.read(view, c.offset)
+            check.feed(c.offset, view)
+        check.finish()
 
-    index = 0
 
-    def run(chunks: list[Chunk]) -> None:
-        nonlocal index
-        for c in chunks:
-            piece = view[: c.length]
-            fd = target.fd if _aligned(c) else target.tail_fd()
+class RangeChecks:
+    """The groups of a signed block map, read from the image and checked by helper threads.
+
+    Each group is read and checked against its spans. With ``stream``, a group of at most
+    ``HOLD_BYTES`` keeps the checked bytes in pool buffers until `take` hands them to the writer
+    (a bigger one is re-read by the writer), and at most a pool's worth of checked data waits
+    for the writer; without it nothing is kept and the writer re-reads every group.
+
+    It may be started (``with``) before the block map is known to be signed, to overlap the
+    hashing with the trust check: nothing is written from it until `flash_blocking` runs, and
+    a caller that finds the map unsigned just leaves the context (ADR-0009 §1).
+    """
+
+    def __init__(
+        self,
+        src_fd: int,
+        image: str,
+        plan: WritePlan,
+        ranges: Sequence[tuple[int, int, str]],
+        *,
+        stream: bool,
+    ) -> None:
+        self.plan = plan
+        self.ranges = list(ranges)
+        self.stream = stream
+        self.groups = group_plan(plan, range_spans(plan, self.ranges))
+        self.reader = _ImageReader(src_fd, image)
+        self._hold = HOLD_BYTES // CHUNK_BYTES if stream else 0
+        self._runner: Ordered[list[mmap.mmap]] = Ordered(self._job, len(self.groups))
+        self._pool = Pool(self._hold * (WORKERS + 1), self._runner.stopping)
+
+    def _job(self, i: int) -> list[mmap.mmap]:
+        group = self.groups[i]
+        held = len(group.chunks) <= self._hold
+        buffers = self._pool.take(i, len(group.chunks) if held else 0)
+        self.reader.check_group(group, buffers, self._runner.check_stop)
+        return buffers
+
+    def __enter__(self) -> RangeChecks:
+        self._runner.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._runner.__exit__()
+
+    def take(self, i: int, poll: Poll) -> list[mmap.mmap]:
+        """Wait until group ``i`` is checked; its buffers ([] when it must be re-read).
+
+        Raises:
+            DigestMismatchError: group ``i``, or an earlier one, does not match.
+        """
+        return self._runner.result(i, poll)
+
+    def give(self, buffers: Sequence[mmap.mmap]) -> None:
+        """Return a written group's buffers to the pool."""
+        self._pool.give(buffers)
+
+
+@dataclass(slots=True)
+class _Flash:
+    """One flash in progress: the inputs, the open target, and what was written so far."""
+
+    reader: _ImageReader
+    target_path: str
+    plan: WritePlan
+    progress: Progress
+    poll: Poll
+    exclusive: bool
+    direct: bool
+    target: _Target | None = None
+    written: int = 0
+    since_sync: int = 0
+
+    def open(self) -> _Target:
+        if self.target is None:
+            self.target = open_target(
+                self.target_path,
+                self.plan.image_size,
+                exclusive=self.exclusive,
+                direct=self.direct,
+            )
+        return self.target
+
+    def write_chunk(self, c: Chunk, view: memoryview) -> None:
+        target = self.open()
+        fd = target.fd_for(c)
+        done = 0
+        try:
+            while done < c.length:
+                n = os.pwrite(fd, view[done:], c.offset + done)
+                if n == 0:
+                    raise OSError(errno.ENOSPC, "no space left on target")
+                done += n
+            if not target.direct:
+                self.since_sync += c.length
+                if self.since_sync >= FSYNC_EVERY:
+                    os.fsync(fd)
+                    self.since_sync = 0
+        except OSError as exc:
+            raise _gone(target.path, c.offset + done, exc, "write") from exc
+        self.written += c.length
+        self.progress.advance(c.length)
+
+    def write_group(self, group: Group, buffers: Sequence[mmap.mmap] | None) -> None:
+        for k, c in enumerate(group.chunks):
+            self.poll()
+            if buffers:
+                view = memoryview(buffers[k])[: c.length]
+            else:
+                view = self.reader.buffer()[: c.length]
+                self.reader.read(view, c.offset)
+            self.write_chunk(c, view)
+
+    def stream(self, checks: RangeChecks) -> None:
+        """Write every group, each only once `checks` has found it matching."""
+        for i, group in enumerate(checks.groups):
             try:
-                _pread_exact(fd, piece, c.offset, target.path)
-            except OSError as exc:
-                raise _gone(target.path, c.offset, exc, "read-back") from exc
-            if sums is not None:
-                sums.update(c.offset, piece)
-            elif hashlib.sha256(piece).digest() != verified.chunk_digests[index]:
-                raise mismatch(c.offset, c.end)
-            index += 1
-            progress.advance(c.length)
+                buffers = checks.take(i, self.poll)
+            except VerificationError as exc:
+                raise type(exc)(f"{exc}; {self.state()}") from exc
+            self.write_group(group, buffers)
+            checks.give(buffers)
 
-    progress.start("readback", plan.mapped_bytes)
-    if not target.direct or target.buffered_fd >= 0:
-        await trio.to_thread.run_sync(drop_cache, limiter=limiter)
-    for batch in _chunk_batches(plan):
-        await trio.to_thread.run_sync(run, batch, limiter=limiter)
-    if sums is not None:
-        sums.finish()
+    def state(self) -> str:
+        """What a failure in the middle of writing left on the target."""
+        if not self.written:
+            return f"nothing was written to {self.target_path}"
+        return (
+            f"the {self.written / MiB:.1f} MiB of verified data before it were written to "
+            f"{self.target_path}: the target is incomplete, do not use it"
+        )
+
+    def _fsync(self, fd: int) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise _gone(self.target_path, self.plan.mapped_end, exc, "final fsync") from exc
+
+    def sync_and_read_back(self, groups: Sequence[Group]) -> None:
+        """Final fsync, then read every group back.
+
+        Every write has completed (and been flushed) before the first read-back, so a medium
+        that wraps addresses beyond its real capacity is caught. Running the flush of an
+        O_DIRECT target alongside the read-back was measured: no gain (a loop device, like a
+        USB stick's single queue, serves the reads after the flush).
+        """
+        target = self.open()
+        for fd in (target.buffered_fd, target.fd):
+            if fd >= 0:
+                self._fsync(fd)
+        self.read_back(groups)
+
+    def read_back(self, groups: Sequence[Group]) -> None:
+        """Read every group back from the target and check it against its spans."""
+        target = self.open()
+        if any(not _aligned(c) for c in self.plan.chunks):
+            target.tail_fd()  # Opened here, not by two helper threads at once.
+        if not target.direct or target.buffered_fd >= 0:
+            # Best effort: make buffered read-back come from the device, not the page cache.
+            for fd in (target.fd, target.buffered_fd):
+                if fd >= 0:
+                    try:
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    except OSError as exc:
+                        log.debug("%s: fadvise failed: %s", target.path, exc)
+
+        def mismatch(span: Span) -> Exception:
+            return FlashError(
+                f"{target.path}: read-back mismatch in bytes {span.start}-{span.end - 1}: the "
+                "target did not store what was written (failing medium, or the image changed "
+                "after verification)"
+            )
+
+        def job(i: int) -> bool:
+            group = groups[i]
+            check = SpanCheck(group.spans, mismatch)
+            view = self.reader.buffer()
+            for c in group.chunks:
+                runner.check_stop()
+                piece = view[: c.length]
+                try:
+                    _pread_exact(target.fd_for(c), piece, c.offset, target.path)
+                except OSError as exc:
+                    raise _gone(target.path, c.offset, exc, "read-back") from exc
+                check.feed(c.offset, piece)
+                self.progress.advance(c.length)
+            check.finish()
+            return True
+
+        runner = Ordered(job, len(groups))
+        with runner:
+            for i in range(len(groups)):
+                runner.result(i, self.poll)
+
+    def close(self) -> None:
+        if self.target is not None:
+            self.target.close()
+
+
+def flash_blocking(
+    src_fd: int,
+    image: str,
+    target_path: str,
+    plan: WritePlan,
+    check: Check,
+    *,
+    exclusive: bool = True,
+    progress: Progress | None = None,
+    ranges: Sequence[tuple[int, int, str]] | None = None,
+    direct: bool = True,
+    stream: bool = False,
+    poll: Poll | None = None,
+    checks: RangeChecks | None = None,
+) -> FlashResult:
+    """Verify the image (``check(length, sha256)`` must not raise), write it, read it back.
+
+    Blocking; `flash_image` runs it from trio.
+
+    Args:
+        src_fd: the open image (kept open from verification to write).
+        image: the image's name, for messages.
+        target_path: the block device or file to write.
+        plan: the chunks to write (from `edgeagent.flash.plan`).
+        check: the trust check; raises `VerificationError` to stop before the target is opened.
+        exclusive: open a block device with O_EXCL (False only with ``--force`` on a mounted one).
+        progress: where progress lines go (None: nowhere).
+        ranges: ``(start, end, sha256hex)`` of a *signed* block map: every range is checked
+            against its sha256 before the first write (or, with ``stream``, before its own
+            bytes are written), and again on read-back; ``check`` is then called with an
+            empty sha256 (only the length is known).
+        direct: try O_DIRECT (False: buffered writes with periodic fsync, for tests).
+        stream: with ``ranges``, check each range as it is read for writing, and write it from
+            the memory that was hashed (the image is read once).
+        poll: called between chunks; may raise to stop (trio's ``check_cancelled``).
+        checks: the range checks of ``plan`` and ``ranges``, already started by the caller
+            (entered, and left by the caller) to overlap them with the trust check; without
+            it they start after ``check``.
+
+    Raises:
+        ValueError: ``checks`` do not belong to ``plan`` and ``ranges``.
+        VerificationError: the image does not match what is trusted (with ``stream``,
+            possibly after earlier verified ranges were written: the message says so).
+        FlashError: the write or read-back failed, or the target disappeared.
+    """
+    if checks is not None and (
+        ranges is None
+        or checks.plan is not plan
+        or checks.ranges != list(ranges)
+        or checks.stream != stream
+    ):
+        raise ValueError("checks must come from this plan and ranges, in the same mode")
+    progress = progress or Progress(None)
+    poll = poll or _no_poll
+    times: dict[str, float] = {}
+    reader = checks.reader if checks is not None else _ImageReader(src_fd, image)
+    job = _Flash(reader, target_path, plan, progress, poll, exclusive, direct)
+    t0 = time.monotonic()
+    sha256 = ""
+    with ExitStack() as cleanup:
+        cleanup.callback(job.close)
+        if ranges is None:
+            verified = verify_whole(src_fd, plan, image, progress, poll)
+            check(verified.length, verified.sha256)
+            sha256 = verified.sha256
+            groups = group_plan(plan, chunk_spans(plan, verified.chunk_digests))
+        else:
+            check(os.fstat(src_fd).st_size, "")
+            check_gaps(src_fd, plan, image, poll)
+            if checks is None:
+                checks = cleanup.enter_context(
+                    RangeChecks(src_fd, image, plan, ranges, stream=stream)
+                )
+            groups = checks.groups
+            if not stream:
+                progress.start("verify", plan.mapped_bytes)
+                for i, group in enumerate(groups):
+                    try:
+                        checks.take(i, poll)
+                    except VerificationError as exc:
+                        raise type(exc)(f"{exc}; {job.state()}") from exc
+                    progress.advance(group.length)
+        t1 = time.monotonic()
+        if ranges is None or not stream:
+            times["verify"] = t1 - t0
+        progress.start("write", plan.mapped_bytes)
+        if checks is not None and stream:
+            job.stream(checks)
+        else:
+            for group in groups:
+                job.write_group(group, None)
+        t2 = time.monotonic()
+        times["write"] = t2 - t1
+        progress.start("readback", plan.mapped_bytes)
+        job.sync_and_read_back(groups)
+        times["readback"] = time.monotonic() - t2
+        direct_used = job.open().direct
+    return FlashResult(target_path, sha256, plan.mapped_bytes, direct_used, times)
 
 
 async def flash_image(
@@ -553,45 +748,27 @@ async def flash_image(
     progress: Progress | None = None,
     ranges: Sequence[tuple[int, int, str]] | None = None,
     direct: bool = True,
+    stream: bool = False,
 ) -> FlashResult:
-    """Verify the image (``check(length, sha256)`` must not raise), write it, read it back.
+    """`flash_blocking` in a trio worker thread; cancellation stops it between chunks.
 
-    Args:
-        src_fd: the open image (kept open from verification to write).
-        image: the image's name, for messages.
-        target_path: the block device or file to write.
-        plan: the chunks to write (from `edgeagent.flash.plan`).
-        check: the trust check; raises `VerificationError` to stop before the target is opened.
-        exclusive: open a block device with O_EXCL (False only with ``--force`` on a mounted one).
-        progress: where progress lines go (None: nowhere).
-        ranges: the per-range sha256 of a signed block map (see `verify_image`); ``check`` is
-            then called with an empty sha256.
-        direct: try O_DIRECT (False: buffered writes with periodic fsync, for tests).
-
-    Raises:
-        VerificationError: the image does not match what is trusted.
-        FlashError: the write or read-back failed, or the target disappeared.
+    The thread is never abandoned while it may write (``abandon_on_cancel=False``); it polls
+    ``trio.from_thread.check_cancelled`` and unwinds (closing the target) when cancelled.
     """
-    progress = progress or Progress(None)
-    limiter = trio.CapacityLimiter(1)
-    times: dict[str, float] = {}
-    t0 = time.monotonic()
-    verified = await verify_image(src_fd, plan, image, limiter, progress, ranges)
-    check(verified.length, verified.sha256)
-    t1 = time.monotonic()
-    times["verify"] = t1 - t0
-    target = await trio.to_thread.run_sync(
-        lambda: open_target(target_path, plan.image_size, exclusive=exclusive, direct=direct),
-        limiter=limiter,
+    import trio  # Only here: the watch mode and tests run the flash under trio.
+
+    run = partial(
+        flash_blocking,
+        src_fd,
+        image,
+        target_path,
+        plan,
+        check,
+        exclusive=exclusive,
+        progress=progress,
+        ranges=ranges,
+        direct=direct,
+        stream=stream,
+        poll=trio.from_thread.check_cancelled,
     )
-    try:
-        # Read-back starts after the final fsync. Overlapping it with the writes was measured
-        # (bench/bench_flash.py setup): no gain on 2 cores, and weaker (reads before the flush).
-        await write_image(src_fd, target, plan, limiter, progress)
-        t2 = time.monotonic()
-        times["write"] = t2 - t1
-        await read_back(target, plan, verified, limiter, progress, ranges)
-        times["readback"] = time.monotonic() - t2
-    finally:
-        target.close()
-    return FlashResult(target_path, verified.sha256, plan.mapped_bytes, target.direct, times)
+    return await trio.to_thread.run_sync(run, abandon_on_cancel=False)

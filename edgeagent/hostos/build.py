@@ -43,7 +43,7 @@ from pathlib import Path
 from edgeagent.errors import BuildError, ConfigError, EdgeAgentError
 from edgeagent.hostos import layout as lay
 from edgeagent.hostos import manifest as mft
-from edgeagent.hostos.recipe import HostRecipe, parse_recipe, with_overrides
+from edgeagent.hostos.recipe import HostRecipe, parse_recipe, with_hypervisor, with_overrides
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class Builder:
             "--quiet",
             "--mode=root",
             "--variant=apt",
-            "--include=" + ",".join(deb.packages),
+            "--include=" + ",".join(lay.root_packages(self.recipe)),
             '--aptopt=APT::Install-Recommends "false"',
             *(f"--dpkgopt=path-exclude={p}" for p in deb.exclude),
             "--skip=download/empty",
@@ -307,10 +307,10 @@ class Builder:
 
     # -- 4: kernel, initramfs, UKIs ----------------------------------------------------------
 
-    def kernel(self) -> tuple[Path, Path, str]:
+    def _unpack(self, pkg: str, dest: Path) -> Path:
+        """``apt-get download`` ``pkg`` into the cache (once) and ``dpkg-deb -x`` it to ``dest``."""
         debs = self.cache / "debs"
         debs.mkdir(parents=True, exist_ok=True)
-        pkg = self.recipe.kernel.package
         found = sorted(debs.glob(f"{pkg}_*_amd64.deb"))
         if not found:
             _run(["apt-get", "download", pkg], cwd=debs)
@@ -318,10 +318,14 @@ class Builder:
             if not found:
                 raise BuildError(f"apt-get download {pkg} left no .deb in {debs}")
         deb = found[-1]
+        if dest.exists():
+            shutil.rmtree(dest)
+        _run(["dpkg-deb", "-x", deb, dest])
+        return deb
+
+    def kernel(self) -> tuple[Path, Path, str]:
         kdir = self.work / "kernel"
-        if kdir.exists():
-            shutil.rmtree(kdir)
-        _run(["dpkg-deb", "-x", deb, kdir])
+        deb = self._unpack(self.recipe.kernel.package, kdir)
         vmlinuz = sorted((kdir / "boot").glob("vmlinuz-*"))
         if not vmlinuz:
             raise BuildError(f"{deb}: no boot/vmlinuz-* inside")
@@ -329,6 +333,16 @@ class Builder:
         # The package ships no modules.dep (depmod runs at install time); make it here.
         _run(["depmod", "-b", kdir, kver])
         return vmlinuz[0], kdir / "lib/modules" / kver, deb.name
+
+    def xen_efi(self) -> tuple[Path, str]:
+        """Xen's EFI binary from the recipe's xen-hypervisor package."""
+        assert self.recipe.xen is not None
+        xdir = self.work / "xen"
+        deb = self._unpack(self.recipe.xen.package, xdir)
+        efi = sorted((xdir / "boot").glob("xen-*.efi"))
+        if not efi:
+            raise BuildError(f"{deb}: no boot/xen-*.efi inside (recipe field 'xen.package')")
+        return efi[0], deb.name
 
     def initramfs(self, root: Path, moddir: Path) -> Path:
         ird = self.work / "initramfs"
@@ -342,7 +356,8 @@ class Builder:
         builtin = (moddir / "modules.builtin").read_text()
         source = str(moddir / "modules.dep")
         k = self.recipe.kernel
-        order = lay.module_load_order(dep_text, builtin, k.modules, source=source)
+        wanted = lay.initramfs_modules(self.recipe)
+        order = lay.module_load_order(dep_text, builtin, wanted, source=source)
         fallback = [
             m
             for m in lay.module_load_order(dep_text, builtin, k.fallback_modules, source=source)
@@ -381,6 +396,34 @@ class Builder:
                 ["zstd", "-19", "-q", "-c"], input=raw, capture_output=True, check=True
             ).stdout
         )
+        return out
+
+    def xen_uki(self, xen_efi: Path, vmlinuz: Path, initrd: Path, slot: str) -> Path:
+        """Slot ``slot``'s unified Xen EFI image: xen.efi + ``.osrel`` (so systemd-boot lists it
+        like a UKI and counts its boots) + ``.config`` (xen.cfg) + ``.kernel`` + ``.ramdisk``.
+
+        Xen 4.16+ finds these sections in its own loaded image. They go after Xen's last section
+        on 2 MiB boundaries, in Xen's virtual address range (ADR 0013).
+        """
+        r = self.recipe
+        tmp = self.work / f"uki-{slot}"
+        tmp.mkdir(exist_ok=True)
+        (tmp / "osrel").write_text(lay.os_release(r))
+        (tmp / "xen.cfg").write_text(lay.xen_config(r, slot))
+        sections = [
+            (".osrel", tmp / "osrel"),
+            (".config", tmp / "xen.cfg"),
+            (".kernel", vmlinuz),
+            (".ramdisk", initrd),
+        ]
+        vma = lay.xen_sections_start(_pe_sections_end(xen_efi))
+        argv: list[str | Path] = ["objcopy"]
+        for name, path in sections:
+            argv += ["--add-section", f"{name}={path}", "--change-section-vma", f"{name}={vma:#x}"]
+            vma = lay.align_2m(vma + path.stat().st_size)
+        out = self.work / f"{r.name}-{slot}.efi"
+        _run([*argv, xen_efi, out])
+        out.write_bytes(lay.pe_set_timestamp(out.read_bytes(), self.epoch))
         return out
 
     def uki(self, vmlinuz: Path, initrd: Path, slot: str) -> Path:
@@ -569,7 +612,12 @@ class Builder:
         t = time.monotonic()
         vmlinuz, moddir, kdeb = self.kernel()
         initrd = self.initramfs(root, moddir)
-        ukis = {s: self.uki(vmlinuz, initrd, s) for s in lay.SLOTS}
+        if r.hypervisor == "xen":
+            xen_efi, xdeb = self.xen_efi()
+            ukis = {s: self.xen_uki(xen_efi, vmlinuz, initrd, s) for s in lay.SLOTS}
+            kdeb = f"{xdeb} {kdeb}"
+        else:
+            ukis = {s: self.uki(vmlinuz, initrd, s) for s in lay.SLOTS}
         self._step("kernel+initramfs+uki", t)
         t = time.monotonic()
         layout = lay.disk_layout(r)
@@ -620,6 +668,7 @@ class Builder:
             "uki_bytes": ukis[lay.FIRST_SLOT].stat().st_size,
             "registry_url": r.agent.registry_url,
             "repository": str(repo_dir),
+            "hypervisor": r.hypervisor,
         }
         (self.out / "build-info.json").write_text(json.dumps(info, indent=1, sort_keys=True))
         shutil.rmtree(self.work / "rootfs", ignore_errors=True)
@@ -627,6 +676,14 @@ class Builder:
 
 
 ARTIFACTS = ("slot.squashfs", "disk.img", "disk.img.bmap", "manifest.json")
+
+
+def _pe_sections_end(path: Path) -> int:
+    """The highest virtual address any section of PE image ``path`` covers (objdump -h)."""
+    out = subprocess.run(
+        ["objdump", "-h", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    return lay.pe_sections_end(out, source=str(path))
 
 
 def _diff_ranges(a: Path, b: Path) -> tuple[int, list[tuple[int, int]]]:
@@ -706,6 +763,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--recipe", type=Path, default=HOSTOS / "recipe.toml")
     p.add_argument("--out", type=Path, default=HOSTOS / "out")
     p.add_argument("--cache", type=Path, default=HOSTOS / "cache")
+    p.add_argument(
+        "--hypervisor",
+        choices=("kvm", "xen"),
+        help="override the recipe's image.hypervisor (xen: Xen boots first, the host is dom0)",
+    )
     p.add_argument("--check", action="store_true", help="only validate the recipe and tools")
     p.add_argument(
         "--repro", action="store_true", help="build twice and write OUT/repro-report.txt"
@@ -717,6 +779,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         recipe = load_recipe(args.recipe)
+        if args.hypervisor is not None:
+            recipe = with_hypervisor(recipe, args.hypervisor, source="--hypervisor")
         check_tools()
         if args.check:
             print(f"{args.recipe}: ok ({recipe.name} {recipe.version})")

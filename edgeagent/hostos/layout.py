@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from edgeagent.errors import BuildError
-from edgeagent.hostos.recipe import HostRecipe
+from edgeagent.hostos.recipe import XEN_UARTS, HostRecipe
 
 SECTOR = 512
 MIB = 1024 * 1024
@@ -178,10 +178,88 @@ def module_load_order(
     return order
 
 
+def host_console(recipe: HostRecipe) -> str:
+    """The tty the host OS (and the agent's serial console) uses: the recipe's UART, or under
+    Xen dom0's ``hvc0``, which Xen forwards to the UART it owns."""
+    return "hvc0" if recipe.hypervisor == "xen" else recipe.console_device
+
+
 def uki_cmdline(recipe: HostRecipe, slot: str) -> str:
-    """The kernel command line baked into slot ``slot``'s UKI."""
-    console = f"console={recipe.console_device},{recipe.console_baudrate}"
+    """The kernel command line of slot ``slot`` (the UKI's, or dom0's under Xen)."""
+    if recipe.hypervisor == "xen":
+        console = "console=hvc0"
+    else:
+        console = f"console={recipe.console_device},{recipe.console_baudrate}"
     return f"{console} edge.root=root-{slot} {recipe.kernel.cmdline}".strip()
+
+
+def xen_config(recipe: HostRecipe, slot: str) -> str:
+    """The ``.config`` section of slot ``slot``'s unified Xen EFI image (Xen's xen.cfg format).
+
+    Xen's EFI loader reads its options and dom0's command line from here and takes the dom0
+    kernel and initramfs from the image's ``.kernel`` and ``.ramdisk`` sections; the file names
+    on the ``kernel=``/``ramdisk=`` lines are placeholders it does not open.
+    """
+    xen = recipe.xen
+    if xen is None:
+        raise BuildError("xen_config: the recipe has no [xen] table")
+    uart = XEN_UARTS[recipe.console_device]
+    options = f"console={uart} {uart}={recipe.console_baudrate},8n1 {xen.options}".strip()
+    return (
+        "[global]\n"
+        f"default={recipe.name}-{slot}\n\n"
+        f"[{recipe.name}-{slot}]\n"
+        f"options={options}\n"
+        f"kernel=vmlinuz {uki_cmdline(recipe, slot)}\n"
+        "ramdisk=initrd.img\n"
+    )
+
+
+def root_packages(recipe: HostRecipe) -> tuple[str, ...]:
+    """Debian packages of the root filesystem: the recipe's, plus the dom0 tools under Xen."""
+    extra = recipe.xen.packages if recipe.hypervisor == "xen" and recipe.xen else ()
+    return recipe.debian.packages + tuple(p for p in extra if p not in recipe.debian.packages)
+
+
+def initramfs_modules(recipe: HostRecipe) -> tuple[str, ...]:
+    """Modules the initramfs loads: the recipe's, plus dom0's Xen drivers under Xen."""
+    extra = recipe.xen.modules if recipe.hypervisor == "xen" and recipe.xen else ()
+    return recipe.kernel.modules + tuple(m for m in extra if m not in recipe.kernel.modules)
+
+
+#: Xen's virtual addresses for the unified image's added sections start past its own image.
+XEN_SECTION_ALIGN = 2 * MIB
+
+
+def align_2m(value: int) -> int:
+    """Round ``value`` up to the next 2 MiB boundary."""
+    return (value + XEN_SECTION_ALIGN - 1) // XEN_SECTION_ALIGN * XEN_SECTION_ALIGN
+
+
+def xen_sections_start(end_of_xen: int) -> int:
+    """Where the first added section of a unified Xen image goes (2 MiB past Xen's end)."""
+    return align_2m(end_of_xen) + XEN_SECTION_ALIGN
+
+
+def pe_sections_end(objdump_h: str, *, source: str) -> int:
+    """The end (VMA + size) of the highest section in ``objdump -h`` output of a PE image.
+
+    Raises:
+        BuildError: no section lines found.
+    """
+    end = 0
+    for line in objdump_h.splitlines():
+        parts = line.split()
+        # "Idx Name Size VMA LMA File-off Algn": index, name, then hex size and VMA.
+        if len(parts) >= 7 and parts[0].isdigit():
+            try:
+                size, vma = int(parts[2], 16), int(parts[3], 16)
+            except ValueError:
+                continue
+            end = max(end, vma + size)
+    if end == 0:
+        raise BuildError(f"{source}: objdump -h shows no sections")
+    return end
 
 
 def uki_name(recipe: HostRecipe, slot: str, *, counting: bool) -> str:
@@ -239,9 +317,10 @@ def agent_config(recipe: HostRecipe) -> str:
             "",
             "[runner]",
             'tender = "/usr/lib/edgeagent/edge-tender"',
+            f"hypervisor = {_toml_str(recipe.hypervisor)}",
             "",
             "[serial]",
-            f"ports = [{_toml_str('/dev/' + recipe.console_device)}]",
+            f"ports = [{_toml_str('/dev/' + host_console(recipe))}]",
             f"baudrate = {recipe.console_baudrate}",
             f"status_interval_s = {recipe.agent.status_interval_s!r}",
             "",
@@ -270,6 +349,7 @@ def host_env(recipe: HostRecipe) -> str:
         f"EDGE_ADDRESS={recipe.network.address}\n"
         f"EDGE_GATEWAY={recipe.network.gateway}\n"
         f"EDGE_VERSION={recipe.version}\n"
+        f"EDGE_HYPERVISOR={recipe.hypervisor}\n"
     )
 
 

@@ -84,8 +84,10 @@ class HostVm:
         netns: Netns | None = None,
         mem_mb: int = 1024,
         cpus: int = 1,
+        cpu: str = "max",
     ) -> None:
         self.disk = disk
+        self.cpu = cpu
         self.workdir = workdir
         self.netns = netns
         self.mem_mb = mem_mb
@@ -107,7 +109,7 @@ class HostVm:
             "-accel",
             "tcg",
             "-cpu",
-            "max",
+            self.cpu,
             "-m",
             str(self.mem_mb),
             "-smp",
@@ -253,6 +255,9 @@ def boot_to_health(
     marker: str | None = None,
     wait_blessed: bool = False,
     deadline_s: float = 420.0,
+    mem_mb: int = 1024,
+    cpus: int = 1,
+    cpu: str = "max",
 ) -> BootResult:
     """Serve ``repo`` inside a fresh netns and boot a copy of ``disk`` (``workdir/disk.img``).
 
@@ -284,7 +289,7 @@ def boot_to_health(
             assert server.stdout is not None
             if b"serving" not in server.stdout.readline():
                 raise VmError("edgeagent repo serve did not start")
-            with HostVm(private, workdir, netns=ns) as vm:
+            with HostVm(private, workdir, netns=ns, mem_mb=mem_mb, cpus=cpus, cpu=cpu) as vm:
                 try:
                     for t, line in vm.lines(deadline_s):
                         if marker is not None and seen is None and marker in line:

@@ -36,6 +36,9 @@ TTY_RE = re.compile(r"tty[A-Za-z0-9]{1,16}")
 URL_RE = re.compile(r"https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?")
 RELPATH_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 BAUDRATES = (9600, 19200, 38400, 57600, 115200)
+HYPERVISORS = ("kvm", "xen")
+#: The UARTs Xen can own, by the Linux name the recipe's [console] device uses.
+XEN_UARTS = {"ttyS0": "com1", "ttyS1": "com2"}
 PARTITION_MB_MAX = 65536
 
 
@@ -90,6 +93,17 @@ class Partitions:
 
 
 @dataclass(frozen=True, slots=True)
+class Xen:
+    """The Xen variant (``image.hypervisor = "xen"``): hypervisor package, its command line,
+    the dom0 tools installed into the root filesystem and the dom0 modules."""
+
+    package: str
+    options: str
+    packages: tuple[str, ...]
+    modules: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class HostRecipe:
     """A validated host image recipe."""
 
@@ -107,6 +121,8 @@ class HostRecipe:
     console_device: str
     console_baudrate: int
     partitions: Partitions
+    hypervisor: str = "kvm"
+    xen: Xen | None = None
 
 
 class _Table:
@@ -123,6 +139,11 @@ class _Table:
     def _where(self, key: str) -> str:
         name = f"{self.prefix}.{key}" if self.prefix else key
         return f"{self.source}: field '{name}'"
+
+    def has(self, key: str) -> bool:
+        """Whether an optional field is present (it then counts as seen)."""
+        self.seen.add(key)
+        return key in self.data
 
     def raw(self, key: str) -> object:
         self.seen.add(key)
@@ -255,6 +276,11 @@ def parse_recipe(data: bytes, source: str) -> HostRecipe:
     version = image.string("version", VERSION_RE, "a version like '1.2.0'")
     epoch = image.integer("source_date_epoch", 315532800, 4102444800)
     budget = image.integer("slot_budget_mb", 8, 4096)
+    hypervisor = "kvm"
+    if image.has("hypervisor"):
+        hypervisor = image.string(
+            "hypervisor", re.compile("|".join(HYPERVISORS)), f"one of {', '.join(HYPERVISORS)}"
+        )
     image.finish()
 
     deb = top.table("debian")
@@ -309,6 +335,37 @@ def parse_recipe(data: bytes, source: str) -> HostRecipe:
         raise ConfigError(f"{source}: field 'console.baudrate': expected one of {BAUDRATES}")
     con.finish()
 
+    xen: Xen | None = None
+    if top.has("xen"):
+        xt = top.table("xen")
+        xen = Xen(
+            package=xt.string(
+                "package",
+                re.compile(r"xen-hypervisor-[a-z0-9.+-]+"),
+                "a versioned xen-hypervisor package",
+            ),
+            options=xt.string("options", CMDLINE_RE, "Xen command line options (no quotes)"),
+            packages=xt.strings("packages", PACKAGE_RE, "Debian package names"),
+            modules=xt.strings("modules", MODULE_RE, "kernel module names"),
+        )
+        xt.finish()
+    if hypervisor == "xen":
+        if xen is None:
+            raise ConfigError(
+                f"{source}: field 'image.hypervisor': \"xen\" needs a [xen] table (package, "
+                "options, packages, modules)"
+            )
+        if console_device not in XEN_UARTS:
+            raise ConfigError(
+                f"{source}: field 'console.device': with image.hypervisor = \"xen\" the console "
+                f"must be a UART Xen can own ({', '.join(XEN_UARTS)}), got {console_device!r}"
+            )
+        if "console=" in xen.options:
+            raise ConfigError(
+                f"{source}: field 'xen.options': leave out console=: the build adds it from "
+                "[console]"
+            )
+
     part = top.table("partitions")
     partitions = Partitions(
         esp_mb=part.integer("esp_mb", 33, PARTITION_MB_MAX),
@@ -338,6 +395,8 @@ def parse_recipe(data: bytes, source: str) -> HostRecipe:
         console_device=console_device,
         console_baudrate=baud,
         partitions=partitions,
+        hypervisor=hypervisor,
+        xen=xen,
     )
 
 
@@ -361,3 +420,21 @@ def with_overrides(
             raise ConfigError(f"{source}: repository: expected a folder path, got {repository!r}")
         agent = dataclasses.replace(agent, repository=repository)
     return dataclasses.replace(recipe, agent=agent)
+
+
+def with_hypervisor(recipe: HostRecipe, hypervisor: str, *, source: str) -> HostRecipe:
+    """Return ``recipe`` built for ``hypervisor`` (the build's ``--hypervisor`` option).
+
+    Raises:
+        ConfigError: unknown hypervisor, or "xen" without a [xen] table or a UART console.
+    """
+    if hypervisor not in HYPERVISORS:
+        raise ConfigError(f"{source}: expected one of {', '.join(HYPERVISORS)}, got {hypervisor!r}")
+    if hypervisor == "xen":
+        if recipe.xen is None:
+            raise ConfigError(f"{source}: xen: the recipe has no [xen] table")
+        if recipe.console_device not in XEN_UARTS:
+            raise ConfigError(
+                f"{source}: xen: console.device must be one of {', '.join(XEN_UARTS)}"
+            )
+    return dataclasses.replace(recipe, hypervisor=hypervisor)

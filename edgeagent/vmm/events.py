@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Literal
 
 from edgeagent.vmm.imageformat import RunnerKind
 from edgeagent.vmm.spec import TENDER_SIGNAL, ExitInfo, ExitReason, describe_exit
@@ -33,6 +34,8 @@ MAX_EVENT_LINE = 16 * 1024
 CONSOLE_TAIL_BYTES = 4096
 
 JsonScalar = str | int | float | bool | None
+#: Who ran a VM: the image-format runners, or the xen runner (chosen by the target's kind).
+ResultRunner = RunnerKind | Literal["xen"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +143,9 @@ class VmResult:
     """How a VM run ended.
 
     Attributes:
-        runner: "tender" or "qemu".
-        process_status: the runner's exit status (negative: killed by that signal).
+        runner: "tender", "qemu" or "xen".
+        process_status: the runner's exit status (negative: killed by that signal); for
+            "xen", the domain's shutdown reason code (-1: it did not shut down by itself).
         guest_status: the guest's exit status, or None if it did not report one.
         reason: halt, abort, usage, setup, abi, kvm, signal, io or shutdown.
         message: a sentence for humans (the tender's own message when it sent one).
@@ -153,7 +157,7 @@ class VmResult:
         stderr_tail: the last lines the runner printed on stderr.
     """
 
-    runner: RunnerKind
+    runner: ResultRunner
     process_status: int
     guest_status: int | None
     reason: ExitReason

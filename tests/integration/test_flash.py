@@ -16,14 +16,18 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 import edgeagent.cli as cli
 from edgeagent.flash import writer
+from edgeagent.flash.pipeline import Poll
+from edgeagent.flash.plan import Group
 from edgeagent.publisher.policy import target_custom
 from edgeagent.publisher.repo import Repository
 
@@ -438,10 +442,168 @@ def test_tampered_mapped_range_fails_signed_block_map_before_writing(
     data[12 * MiB + 10] ^= 0x55
     (evil / "disk.img").write_bytes(bytes(data))
     target = work / "evil-out.img"
-    code, _, err = _run(capsys, str(evil / "disk.img"), str(target), *_trust(repo, manifest))
+    code, out, err = _run(capsys, str(evil / "disk.img"), str(target), *_trust(repo, manifest))
     assert code == 1
+    assert out.startswith(f"FAIL {target}")
     assert "do not match the sha256 in the signed block map" in err
+    assert f"nothing was written to {target}" in err
     assert not target.exists()
+
+
+def _bmap_xml(ranges: list[tuple[int, int]], block: int, data: bytes) -> str:
+    rows = "".join(
+        f'<Range chksum="{_sha(data[f * block : (last + 1) * block])}">{f}-{last}</Range>'
+        for f, last in ranges
+    )
+    return (
+        f'<?xml version="1.0" ?>\n<bmap version="2.0"><ImageSize>{len(data)}</ImageSize>'
+        f"<BlockSize>{block}</BlockSize><ChecksumType>sha256</ChecksumType>"
+        f"<BlockMap>{rows}</BlockMap></bmap>\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def three_ranges(work: Path, repo: Repository) -> tuple[Path, Path, bytes]:
+    """A sparse image with three 1 MiB ranges at 1, 5 and 9 MiB, its signed bmap and manifest."""
+    folder = work / "three"
+    folder.mkdir()
+    img = folder / "disk.img"
+    data = bytearray(IMAGE_SIZE)
+    for at in (1, 5, 9):
+        data[at * MiB : (at + 1) * MiB] = os.urandom(MiB)
+    with img.open("wb") as f:
+        f.truncate(IMAGE_SIZE)
+        for at in (1, 5, 9):
+            f.seek(at * MiB)
+            f.write(data[at * MiB : (at + 1) * MiB])
+    blocks = MiB // 4096
+    ranges = [(at * blocks, (at + 1) * blocks - 1) for at in (1, 5, 9)]
+    Path(f"{img}.bmap").write_text(_bmap_xml(ranges, 4096, bytes(data)))
+    manifest = folder / "manifest.json"
+    argv = ["repo", "sign-manifest", str(repo.path), str(manifest), "--version", "1"]
+    assert cli.main([*argv, "--disk", str(img)]) == 0
+    return img, manifest, bytes(data)
+
+
+def _tamper_copy(src: Path, dest: Path, offset: int) -> None:
+    dest.parent.mkdir(exist_ok=True)
+    shutil.copyfile(f"{src}.bmap", f"{dest}.bmap")
+    data = bytearray(src.read_bytes())
+    data[offset] ^= 0x55
+    dest.write_bytes(bytes(data))
+
+
+def test_tampered_range_mid_stream_leaves_only_verified_ranges_and_fails(
+    capsys: pytest.CaptureFixture[str],
+    work: Path,
+    repo: Repository,
+    three_ranges: tuple[Path, Path, bytes],
+) -> None:
+    img, manifest, data = three_ranges
+    evil = work / "evil-mid" / "disk.img"
+    _tamper_copy(img, evil, 5 * MiB + 12345)
+    capsys.readouterr()
+    backing = work / "stick-mid.img"
+    with loop_device(backing) as dev:
+        code, out, err = _run(
+            capsys,
+            str(evil),
+            dev,
+            *_trust(repo, manifest),
+            "--yes",
+            "--loop-backing",
+            str(backing),
+            "--stream",
+        )
+    assert code == 1
+    assert out.startswith(f"FAIL {dev} serial loop:{backing}:")
+    assert f"bytes {5 * MiB}-{6 * MiB - 1} do not match the sha256 in the signed block map" in err
+    assert "the 1.0 MiB of verified data before it were written" in err
+    assert "the target is incomplete, do not use it" in err
+    written = backing.read_bytes()
+    # The range before the bad one is written; the bad range and the one after are not.
+    assert written[1 * MiB : 2 * MiB] == data[1 * MiB : 2 * MiB]
+    assert written[5 * MiB : 6 * MiB] == PATTERN * MiB
+    assert written[9 * MiB : 10 * MiB] == PATTERN * MiB
+    assert "readback" not in err
+
+
+def test_tampered_last_range_is_found_before_writing_and_leaves_target_untouched(
+    capsys: pytest.CaptureFixture[str],
+    work: Path,
+    repo: Repository,
+    three_ranges: tuple[Path, Path, bytes],
+) -> None:
+    img, manifest, _ = three_ranges
+    evil = work / "evil-last" / "disk.img"
+    _tamper_copy(img, evil, 10 * MiB - 1)
+    capsys.readouterr()
+    backing = work / "stick-vf.img"
+    with loop_device(backing) as dev:
+        code, out, err = _run(
+            capsys,
+            str(evil),
+            dev,
+            *_trust(repo, manifest),
+            "--yes",
+            "--loop-backing",
+            str(backing),
+        )
+    assert code == 1
+    assert out.startswith(f"FAIL {dev}")
+    assert f"bytes {9 * MiB}-{10 * MiB - 1} do not match the sha256" in err
+    assert "nothing was written" in err
+    assert backing.read_bytes() == PATTERN * IMAGE_SIZE
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_signed_ranges_flash_passes_in_both_modes(
+    capsys: pytest.CaptureFixture[str],
+    work: Path,
+    repo: Repository,
+    three_ranges: tuple[Path, Path, bytes],
+    stream: bool,
+) -> None:
+    img, manifest, data = three_ranges
+    capsys.readouterr()
+    out_file = work / f"modes-out-{stream}.img"
+    mode = ["--stream"] if stream else []
+    code, out, err = _run(capsys, str(img), str(out_file), *_trust(repo, manifest), *mode)
+    assert code == 0, err
+    assert "signed bmap sha256:" in out
+    # Streaming has no separate verify phase: ranges are checked as they are written.
+    assert ("(verify " in out) is not stream
+    assert out_file.read_bytes() == data
+
+
+def test_nonzero_padding_outside_signed_small_block_ranges_is_refused(
+    capsys: pytest.CaptureFixture[str], work: Path, repo: Repository
+) -> None:
+    # A map with 512-byte blocks: its range 1-1 is written as the whole 4 KiB block 0-4095, so
+    # bytes 0-511 and 1024-4095 go to the target although no signed sha256 covers them. They
+    # must be zero (as the signed map says); an attacker's boot sector there is refused.
+    folder = work / "small-blocks"
+    folder.mkdir()
+    img = folder / "disk.img"
+    data = bytearray(64 * 1024)
+    data[512:1024] = os.urandom(512)
+    Path(f"{img}.bmap").write_text(_bmap_xml([(1, 1)], 512, bytes(data)))
+    img.write_bytes(bytes(data))
+    manifest = folder / "manifest.json"
+    argv = ["repo", "sign-manifest", str(repo.path), str(manifest), "--version", "1"]
+    assert cli.main([*argv, "--disk", str(img)]) == 0
+    capsys.readouterr()
+    good = folder / "good-out.img"
+    code, _, err = _run(capsys, str(img), str(good), *_trust(repo, manifest))
+    assert code == 0, err
+    assert good.read_bytes() == bytes(data)
+    data[0:4] = b"\xebboo"
+    img.write_bytes(bytes(data))
+    bad = folder / "bad-out.img"
+    code, _, err = _run(capsys, str(img), str(bad), *_trust(repo, manifest))
+    assert code == 1
+    assert "bytes 0-511 must be zero" in err
+    assert not bad.exists()
 
 
 def test_tampered_block_map_is_refused(
@@ -513,23 +675,72 @@ def test_host_build_manifest_format_is_accepted(
     assert "signature" in err
 
 
-@pytest.mark.parametrize("signed_bmap", [False, True])
-async def test_image_swapped_after_verification_fails_read_back(
-    work: Path, image: Path, bmapped: tuple[Path, Path], signed_bmap: bool
+@pytest.mark.parametrize("mode", ["stream-held", "stream-reread", "verify-first"])
+def test_image_swapped_after_range_check_never_passes(
+    monkeypatch: pytest.MonkeyPatch, work: Path, three_ranges: tuple[Path, Path, bytes], mode: str
 ) -> None:
     from edgeagent.commands.flash import make_plan
     from edgeagent.errors import FlashError
     from edgeagent.flash.plan import signed_ranges
 
-    img = work / f"swap-{signed_bmap}.img"
+    img, _, data = three_ranges
+    if mode == "stream-reread":
+        # Groups too big to hold in memory are checked, then re-read for the write.
+        monkeypatch.setattr(writer, "HOLD_BYTES", 0)
+    copy = work / f"swap-range-{mode}.img"
+    shutil.copyfile(img, copy)
+    out_file = work / f"swap-range-out-{mode}.img"
+    fd = os.open(copy, os.O_RDWR)
+    real_check = writer._ImageReader.check_group
+    swapped = []
+
+    def check_then_swap(
+        self: writer._ImageReader, group: Group, buffers: object, poll: Poll
+    ) -> None:
+        real_check(self, group, buffers, poll)  # type: ignore[arg-type]
+        if group.offset == 1 * MiB:
+            # The range matched its signed sha256; now an attacker changes the image.
+            swapped.append(os.pwrite(fd, b"\x00evil", 1 * MiB + 4096))
+
+    monkeypatch.setattr(writer._ImageReader, "check_group", check_then_swap)
+    try:
+        plan, parsed = make_plan(fd, str(copy), f"{img}.bmap")
+        assert parsed is not None
+        run = partial(
+            writer.flash_blocking,
+            fd,
+            str(copy),
+            str(out_file),
+            plan,
+            lambda length, sha: None,
+            ranges=signed_ranges(parsed),
+            stream=mode.startswith("stream"),
+        )
+        if mode == "stream-held":
+            # The bytes written are the very bytes that were hashed: the swap never lands.
+            result = run()
+            assert result.written == 3 * MiB
+            assert out_file.read_bytes() == data
+        else:
+            # The re-read bytes differ from the checked ones: the read-back catches it.
+            with pytest.raises(FlashError, match=f"read-back mismatch in bytes {MiB}-"):
+                run()
+        assert swapped
+    finally:
+        os.close(fd)
+
+
+async def test_image_swapped_after_whole_image_verification_fails_read_back(
+    work: Path, image: Path
+) -> None:
+    from edgeagent.commands.flash import make_plan
+    from edgeagent.errors import FlashError
+
+    img = work / "swap-whole.img"
     shutil.copyfile(image, img)
-    bmap_file = str(bmapped[0]) + ".bmap"
     fd = os.open(img, os.O_RDWR)
     try:
-        plan, parsed = make_plan(fd, str(img), bmap_file)
-        assert parsed is not None
-        ranges = signed_ranges(parsed) if signed_bmap else None
-        assert not signed_bmap or ranges
+        plan, _ = make_plan(fd, str(img), None)
 
         def swap_after_check(length: int, sha256: str) -> None:
             # The trust check passed; now an attacker changes the image before the write.
@@ -537,12 +748,7 @@ async def test_image_swapped_after_verification_fails_read_back(
 
         with pytest.raises(FlashError, match="read-back mismatch in bytes"):
             await writer.flash_image(
-                fd,
-                str(img),
-                str(work / f"swap-out-{signed_bmap}.img"),
-                plan,
-                swap_after_check,
-                ranges=ranges,
+                fd, str(img), str(work / "swap-whole-out.img"), plan, swap_after_check
             )
     finally:
         os.close(fd)
@@ -580,3 +786,29 @@ async def test_unaligned_image_tail_and_buffered_writes_are_read_back(
     assert result.direct is direct
     assert "readback" in result.seconds
     assert out_file.read_bytes() == img.read_bytes()
+
+
+async def test_cancelled_flash_stops_before_writing_and_closes_the_target(
+    work: Path, image: Path
+) -> None:
+    import trio
+
+    from edgeagent.commands.flash import make_plan
+
+    out_file = work / "cancelled-out.img"
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        plan, _ = make_plan(fd, str(image), None)
+        with trio.CancelScope() as scope:
+
+            def cancel_on_check(length: int, sha256: str) -> None:
+                # Runs in the flash's thread: an operator's Ctrl-C or a station shutting down.
+                trio.from_thread.run_sync(partial(scope.cancel, reason="test: station stops"))
+
+            await writer.flash_image(fd, str(image), str(out_file), plan, cancel_on_check)
+    finally:
+        os.close(fd)
+    assert scope.cancelled_caught
+    # The flash polls for cancellation before each chunk: nothing was written.
+    assert not out_file.exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("flash-")]

@@ -123,9 +123,7 @@ def test_booted_host_pulls_signed_ticker_and_reports_it_healthy(tmp_path: Path) 
     # Boot counting: systemd-boot counted slot A's first boot (+3-0 -> +2-1) and the agent's
     # host OTA (on in the shipped recipe) blessed it once healthy, so the ESP now names it
     # without a counter and loader.conf's default is the plain name.
-    assert result.host_blessed_s is not None, (
-        f"the boot was never blessed:\n{result.console_tail}"
-    )
+    assert result.host_blessed_s is not None, f"the boot was never blessed:\n{result.console_tail}"
     print(f"boot: blessed by the agent at {result.host_blessed_s} s")
     esp = f"{tmp_path / 'vm' / 'disk.img'}@@{ESP_OFFSET}"
     listing = subprocess.run(

@@ -142,7 +142,7 @@ def test_unknown_devices_key_is_rejected() -> None:
         (SRCS, b'sources = ["a.c", "a.c"]', "sources[1]", "once"),
         (b'libos = ["console", "clock"]', b'libos = ["posix"]', "libos[0]", "a library part"),
         (b'libos = ["console", "clock"]', b'libos = "console"', "libos", "a list"),
-        (b'platforms = ["hvt", "qemu"]', b'platforms = ["xen"]', "platforms[0]", "a platform"),
+        (b'platforms = ["hvt", "qemu"]', b'platforms = ["virtio"]', "platforms[0]", "a platform"),
         (b'platforms = ["hvt", "qemu"]', b"platforms = []", "platforms", "at least one"),
         (b'platforms = ["hvt", "qemu"]', b'platforms = ["hvt", "hvt"]', "platforms[1]", "once"),
         (b'args = ["interval_ms=10", "count=3"]', b'args = ["a b"]', "args[0]", "an argument"),
