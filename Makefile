@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help demo test check lint fmt dev debs tender tender-asan images fuzz bench clean host-image host-image-xen host-image-check
+.PHONY: help demo test check lint fmt dev debs tender tender-asan images fuzz bench clean host-image host-image-xen host-image-check xen-testbed
 
 help:
 	@echo "make demo    - signed registry + agent on this machine: pull, boot, OTA update, rollback"
@@ -17,6 +17,7 @@ help:
 	@echo "make tender  - build host-os/tender/edge-tender"
 	@echo "make images  - build every image recipe into image-recipes/out/"
 	@echo "make host-image-xen - the host image with Xen (dom0 = this host OS) into host-os/out-xen/"
+	@echo "make xen-testbed - Xen 4.17 + PV dom0 test bed from Debian packages (host-os/xen-testbed/)"
 	@echo "make fuzz    - longer fuzz run of the tender's ELF/manifest parser"
 	@echo "make clean   - remove build outputs (keeps .venv)"
 
@@ -56,10 +57,15 @@ host-image-xen: dev tender
 host-image-check: dev
 	@$(PY) -m edgeagent.hostos.build --check
 
+# The Xen test bed (Debian's Xen + kernel + a dom0 initramfs; host-os/xen-testbed/README.md).
+xen-testbed: dev
+	@echo "==> building the Xen test bed"
+	@$(PY) -m edgeagent.hostos.xen_testbed
+
 fuzz: debs
 	@$(MAKE) -s -C host-os/tender fuzz FUZZ_SECONDS=$${FUZZ_SECONDS:-300}
 
-test: debs dev tender images
+test: debs dev tender images xen-testbed
 	@echo "==> running tests"
 	@if [ ! -w /dev/kvm ]; then echo "NOTE: /dev/kvm missing or not writable: KVM tests will be skipped"; fi
 	@$(MAKE) -s -C host-os/tender check
