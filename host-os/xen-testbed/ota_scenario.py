@@ -1,8 +1,8 @@
 """The OTA scenario run inside the Xen test bed's dom0 (tests/integration/test_xen_testbed.py).
 
 Runs in dom0 as ``python3 /testbed/ota_scenario.py``, after /init started Xen's daemons. The
-host test prepared, under /testbed/: ``stage/v1``, ``stage/v2``, ``stage/v3`` (the registry's
-files after publishing ticker v1, v2 and v3: signed metadata + targets), ``root.json`` (the
+host test prepared, under /testbed/: ``stage/v1`` .. ``stage/v4`` (the registry's
+files after publishing ticker v1 .. v4 and flood: signed metadata + targets), ``root.json`` (the
 trust root), ``agent.toml``, ``hello.xen``, ``ticker.xen`` and ``scenario.json``
 (``squat_domain``: the domain name the agent will want for its workload ``squat``).
 
@@ -16,7 +16,10 @@ What it does, printing ``XTB: ...`` lines the host test reads from the serial co
    its log is echoed as ``XTB-AGENT: ...``) and waits, through the agent's /status, for each
    phase: ticker v1 running and healthy; ``squat`` refused with the foreign domain alive;
    v2 published -> v2 running, healthy, previous 1; v3 (a ticker that exits 2 at boot)
-   published -> v3 marked bad, v2 running again;
+   published -> v3 marked bad, v2 running again; v4 (a ticker that hangs: no heartbeat within
+   the deadline) published together with ``flood`` (a guest that floods its console with 1 MiB,
+   then exits 0) -> v4 marked bad, v2 running again, flood ended with status 0 and its console
+   log on disk stayed bounded;
 5. kills the agent (SIGKILL) and starts it again: ticker v2 is running and healthy with
    exactly one ticker domain (adopted or replaced, never doubled);
 6. stops the agent (SIGTERM) and lists the domains left behind (dom0 and the foreign one).
@@ -129,6 +132,25 @@ def ticker(doc: Status | None) -> dict[str, object]:
     return {}
 
 
+def workload(name: str) -> dict[str, object]:
+    """Workload ``name``'s entry in the agent's /status ({} when absent)."""
+    doc = status()
+    for w in (doc or {}).get("workloads") or []:  # type: ignore[attr-defined]
+        if isinstance(w, dict) and w.get("name") == name:
+            return w
+    return {}
+
+
+def console_bytes(name: str) -> int:
+    """Bytes of workload ``name``'s console log on disk (the current file and its rotation)."""
+    base = Path("/var/lib/edgeagent/state/console")
+    return sum(p.stat().st_size for p in base.glob(f"{name}.log*") if p.is_file())
+
+
+def flood_done() -> bool:
+    return workload("flood").get("last_exit_status") == 0
+
+
 def wait(phase: str, cond: Callable[[dict[str, object]], bool]) -> bool:
     end = time.monotonic() + PHASE_LIMIT_S
     last: Status | None = None
@@ -206,6 +228,15 @@ def main() -> int:
             "v3-rolled-back",
             lambda w: "3" in (w.get("bad_versions") or []) and running("2")(w),  # type: ignore[operator]
         )
+    if ok:
+        publish("v4")
+        ok = wait(
+            "v4-hang-rolled-back",
+            lambda w: "4" in (w.get("bad_versions") or []) and running("2")(w),  # type: ignore[operator]
+        )
+    if ok:
+        ok = wait_until("flood-done", flood_done)
+        say(f"flood console log bytes={console_bytes('flood')} status={workload('flood')}")
     if ok:
         agent.kill()
         say(f"agent killed exit={agent.wait()} domains={' '.join(domains())}")

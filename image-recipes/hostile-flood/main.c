@@ -2,10 +2,10 @@
  * hostile-flood: a hostile guest for the tender's exit-status contract.
  * It does a console flood of 1 MiB (256 PUTS of 4 KiB), then exit 0.
  * Expected edge-tender exit status: 0 (the tender must survive the flood).
- * It prints what it is about to do first. hvt only.
+ * It prints what it is about to do first. hvt and xen (on xen it floods the console ring
+ * that xenconsoled drains into the guest log the agent tails).
  */
 #include "libos.h"
-#include "hvt/hypercall.h"
 
 int app_main(int argc, char **argv)
 {

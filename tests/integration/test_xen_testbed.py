@@ -80,13 +80,14 @@ def _require() -> None:
     for tool in ("qemu-system-x86_64", "apt-get", "dpkg-deb", "cpio"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (host-os/xen-testbed/README.md)")
-    for name in ("hello.xen", "ticker.xen"):
+    for name in ("hello.xen", "ticker.xen", "hostile-flood.xen"):
         if not (IMAGES / name).exists():
             pytest.skip(f"{IMAGES / name} missing: run `make images`")
 
 
 def _stages(tmp: Path) -> tuple[Path, Path, str]:
-    """Publish ticker v1, v2, v3 into a fresh repository; copy the served files after each.
+    """Publish ticker v1 .. v4 (+ flood with v4) into a fresh repository; copy the served files
+    after each.
 
     Stage v1 also holds ``squat``, whose domain name (returned) dom0 takes first.
     """
@@ -101,9 +102,14 @@ def _stages(tmp: Path) -> tuple[Path, Path, str]:
         ("1", ["interval_ms=500"]),
         ("2", ["interval_ms=500"]),
         ("3", ["bogus=1"]),
+        ("4", ["interval_ms=600000"]),  # Hangs: no heartbeat within the deadline.
     ):
         custom = target_custom(version=version, kind="xen", mem_mb=8, args=args)
         repo.add_target(ticker, "ticker", custom)
+        if version == "4":
+            # A guest that floods its console (1 MiB through the Xen console ring), then exits 0.
+            flood = target_custom(version="1", kind="xen", mem_mb=8, args=[])
+            repo.add_target(IMAGES / "hostile-flood.xen", "flood", flood)
         for sub in ("metadata", "targets"):
             shutil.copytree(tmp / "repo" / sub, stages / f"v{version}" / sub)
     return stages, repo.root_path, squat_domain
@@ -153,6 +159,9 @@ def test_agent_runs_updates_rolls_back_and_refuses_a_squatted_domain_name_in_dom
             "phase squat-refused ",
             "phase v2 ",
             "phase v3-rolled-back ",
+            "phase v4-hang-rolled-back ",
+            "phase flood-done ",
+            "flood console log bytes=",
             "phase restart ",
             "after restart ",
         ):
@@ -186,6 +195,16 @@ def test_agent_runs_updates_rolls_back_and_refuses_a_squatted_domain_name_in_dom
     v3 = _ticker(marks["phase v3-rolled-back"])
     assert v3["version"] == "2", v3
     assert "3" in v3["bad_versions"], v3  # type: ignore[operator]
+    # A guest that hangs (no heartbeat within the deadline) is rolled back like a crashing one.
+    assert " ok " in marks.get("phase v4-hang-rolled-back", ""), f"v4 not rolled back:\n{tail}"
+    v4 = _ticker(marks["phase v4-hang-rolled-back"])
+    assert v4["version"] == "2", v4
+    assert "4" in v4["bad_versions"], v4  # type: ignore[operator]
+    # A guest flooding its console (1 MiB) ran to its end; the agent kept its log bounded (the
+    # console file is rotated at 64 KiB: at most two files on disk).
+    assert " ok " in marks.get("phase flood-done", ""), f"flood never finished:\n{tail}"
+    flood_bytes = int(marks["flood console log bytes="].split("bytes=")[1].split()[0])
+    assert 0 < flood_bytes <= 2 * 64 * 1024 + 4096, flood_bytes
     # An agent killed with SIGKILL and started again runs v2 in exactly one domain.
     assert " ok " in marks.get("phase restart", ""), f"no v2 after an agent restart:\n{tail}"
     assert (
