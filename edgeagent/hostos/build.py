@@ -263,6 +263,24 @@ class Builder:
             env=self.env,
             stdout=subprocess.DEVNULL,
         )
+        self.smoke(root)
+
+    def smoke(self, root: Path) -> None:
+        """Run the image's runners inside the root once: a missing library or a file the
+        recipe's ``exclude`` dropped by mistake fails the build here, not on a device."""
+        checks = [["/usr/lib/edgeagent/edge-tender", "--version"]]
+        if (root / "usr/bin/qemu-system-x86_64").exists():
+            checks.append(["/usr/bin/qemu-system-x86_64", "--version"])
+        for argv in checks:
+            done = subprocess.run(
+                ["chroot", str(root), *argv], env=self.env, capture_output=True, text=True
+            )
+            if done.returncode != 0:
+                raise BuildError(
+                    f"{argv[0]} does not run in the image (exit {done.returncode}): "
+                    f"{(done.stderr or done.stdout).strip()[-300:]}"
+                )
+            log.info("smoke: %s", (done.stdout.splitlines() or ["?"])[0])
 
     def squashfs(self, root: Path) -> Path:
         slot = self.out / "slot.squashfs"

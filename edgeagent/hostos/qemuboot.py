@@ -3,7 +3,9 @@
 What it does: creates a network namespace with a TAP device (`Netns`), starts
 ``qemu-system-x86_64 -machine q35 -accel tcg -cpu max`` with OVMF as pflash (a writable copy
 of the VARS file), the disk image as a virtio disk, the TAP as a virtio NIC and the serial
-port on a pty (`HostVm`), and yields the console lines with the time they arrived. The pty is
+port on a pty (`HostVm`), and yields the console lines with the time they arrived. A guest
+reboot is a power cycle: QEMU runs with ``-no-reboot`` and is started again on the same disk
+and EFI variables (OVMF's warm reset under TCG sometimes hung without output). The pty is
 used because QEMU runs inside the namespace, where its own 127.0.0.1 is not the test's.
 
 What it does not do: judge what it reads (the caller looks for the agent's JSON status line),
@@ -31,6 +33,8 @@ from edgeagent.errors import VmError
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+#: More guest reboots than this in one HostVm is a boot loop: an error, not a wait.
+MAX_POWER_CYCLES = 12
 _PTY_RE = re.compile(rb"char device redirected to (/dev/pts/\d+)")
 
 
@@ -96,6 +100,7 @@ class HostVm:
         self.pty_fd = -1
         self.started = 0.0
         self.log: list[str] = []
+        self.power_cycles = 0
 
     def argv(self) -> list[str]:
         """The QEMU command line."""
@@ -118,6 +123,8 @@ class HostVm:
             "-display",
             "none",
             "-no-user-config",
+            # A guest reboot ends QEMU; lines() starts it again (a power cycle, see _power_cycle).
+            "-no-reboot",
             "-drive",
             f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive",
@@ -141,6 +148,10 @@ class HostVm:
 
     def __enter__(self) -> HostVm:
         self.started = time.monotonic()
+        self._spawn()
+        return self
+
+    def _spawn(self) -> None:
         self.proc = subprocess.Popen(
             self.argv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -152,7 +163,20 @@ class HostVm:
                 raise VmError(f"qemu exited before opening its serial pty: {head!r}")
             head += chunk
         self.pty_fd = os.open(m.group(1), os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        return self
+
+    def _power_cycle(self) -> None:
+        """The guest rebooted (QEMU runs with -no-reboot and exited 0): start QEMU again on the
+        same disk and EFI variables, like a power cycle. OVMF's warm reset under TCG sometimes
+        spins forever without output (seen in CI); a cold start never did."""
+        self.power_cycles += 1
+        if self.power_cycles > MAX_POWER_CYCLES:
+            raise VmError(f"the guest rebooted more than {MAX_POWER_CYCLES} times: {self.tail()}")
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        os.close(self.pty_fd)
+        self.pty_fd = -1
+        self.log.append(f"(qemuboot: guest reset; power cycle {self.power_cycles})")
+        self._spawn()
 
     def lines(self, deadline_s: float) -> Iterator[tuple[float, str]]:
         """Yield (seconds since QEMU started, line) until ``deadline_s`` after the start.
@@ -166,6 +190,9 @@ class HostVm:
             ready, _, _ = select.select([self.pty_fd], [], [], min(left, 1.0))
             if not ready:
                 if self.proc is not None and self.proc.poll() is not None:
+                    if self.proc.returncode == 0:
+                        self._power_cycle()
+                        continue
                     raise VmError(f"qemu exited ({self.proc.returncode}): {self.tail()}")
                 continue
             try:
@@ -173,7 +200,20 @@ class HostVm:
             except BlockingIOError:
                 continue
             except OSError as exc:
-                raise VmError(f"serial pty closed: {exc}; {self.tail()}") from exc
+                chunk = b""
+                closed = str(exc)
+            else:
+                closed = "end of file"
+            if not chunk:
+                # QEMU exited (a guest reboot, with -no-reboot) and took the pty with it.
+                status = None
+                if self.proc is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        status = self.proc.wait(5)
+                if status == 0:
+                    self._power_cycle()
+                    continue
+                raise VmError(f"serial pty closed ({closed}); qemu status {status}: {self.tail()}")
             buf += chunk
             while b"\n" in buf:
                 raw, buf = buf.split(b"\n", 1)

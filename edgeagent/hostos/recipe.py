@@ -349,6 +349,11 @@ def parse_recipe(data: bytes, source: str) -> HostRecipe:
             modules=xt.strings("modules", MODULE_RE, "kernel module names"),
         )
         xt.finish()
+        if "console=" in xen.options:
+            raise ConfigError(
+                f"{source}: field 'xen.options': leave out console=: the build adds it from "
+                "[console]"
+            )
     if hypervisor == "xen":
         if xen is None:
             raise ConfigError(
@@ -359,11 +364,6 @@ def parse_recipe(data: bytes, source: str) -> HostRecipe:
             raise ConfigError(
                 f"{source}: field 'console.device': with image.hypervisor = \"xen\" the console "
                 f"must be a UART Xen can own ({', '.join(XEN_UARTS)}), got {console_device!r}"
-            )
-        if "console=" in xen.options:
-            raise ConfigError(
-                f"{source}: field 'xen.options': leave out console=: the build adds it from "
-                "[console]"
             )
 
     part = top.table("partitions")

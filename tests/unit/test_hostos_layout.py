@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -131,3 +132,50 @@ def test_baked_agent_config_is_accepted_by_the_agent(host_ota: bool) -> None:
     recipe = dataclasses.replace(RECIPE, agent=dataclasses.replace(RECIPE.agent, host_ota=host_ota))
     cfg = parse_config(lay.agent_config(recipe).encode(), "agent.toml", "/etc/edgeagent")
     assert cfg.registry.url == RECIPE.agent.registry_url
+
+
+XEN = dataclasses.replace(RECIPE, hypervisor="xen")
+
+
+def test_xen_variant_adds_dom0_tools_modules_and_console() -> None:
+    assert RECIPE.xen is not None
+    assert set(RECIPE.xen.packages) <= set(lay.root_packages(XEN))
+    assert not set(RECIPE.xen.packages) & set(lay.root_packages(RECIPE))
+    assert "xenfs" in lay.initramfs_modules(XEN)
+    assert "xenfs" not in lay.initramfs_modules(RECIPE)
+    assert lay.host_console(XEN) == "hvc0"
+    assert lay.host_console(RECIPE) == "ttyS0"
+    cfg = tomllib.loads(lay.agent_config(XEN))
+    assert cfg["runner"]["hypervisor"] == "xen"
+    assert cfg["serial"]["ports"] == ["/dev/hvc0"]
+    assert "EDGE_HYPERVISOR=xen" in lay.host_env(XEN)
+
+
+def test_xen_config_gives_xen_the_uart_and_dom0_hvc0() -> None:
+    text = lay.xen_config(XEN, "b")
+    lines = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    assert lines["default"] == "edgeos-b"
+    assert lines["options"].startswith("console=com1 com1=115200,8n1 ")
+    assert lines["kernel"].split()[:3] == ["vmlinuz", "console=hvc0", "edge.root=root-b"]
+    assert lines["ramdisk"] == "initrd.img"
+    with pytest.raises(BuildError, match="no \\[xen\\] table"):
+        lay.xen_config(dataclasses.replace(XEN, xen=None), "a")
+
+
+def test_unified_xen_sections_start_past_xen_on_2_mib_boundaries() -> None:
+    objdump = """
+Sections:
+Idx Name          Size      VMA               LMA               File off  Algn
+  0 .text         00160783  ffff82d040200000  ffff82d040200000  00000300  2**4
+                  CONTENTS, ALLOC, LOAD, CODE
+  8 .pad          00600000  ffff82d040a00000  ffff82d040a00000  00000000  2**2
+                  ALLOC
+"""
+    end = lay.pe_sections_end(objdump, source="xen.efi")
+    assert end == 0xFFFF82D041000000
+    start = lay.xen_sections_start(end)
+    assert start % (2 * lay.MIB) == 0
+    assert start > end
+    assert lay.align_2m(start + 1) == start + 2 * lay.MIB
+    with pytest.raises(BuildError, match=r"xen\.efi: objdump -h shows no sections"):
+        lay.pe_sections_end("garbage", source="xen.efi")

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgeagent.errors import ConfigError
-from edgeagent.hostos.recipe import parse_recipe, with_overrides
+from edgeagent.hostos.recipe import parse_recipe, with_hypervisor, with_overrides
 
 RECIPE = Path(__file__).resolve().parents[2] / "host-os" / "recipe.toml"
 GOOD = RECIPE.read_bytes()
@@ -30,6 +30,47 @@ def test_shipped_recipe_parses() -> None:
     assert "python3" in r.debian.packages
     assert any(w.startswith("trio==") for w in r.wheels)
     assert r.kernel.package.startswith("linux-image-")
+    # The QEMU runner (kind qemu workloads) ships in the image (issue 5 §1).
+    assert "qemu-system-x86" in r.debian.packages
+    assert r.hypervisor == "kvm"
+    assert r.xen is not None
+    assert r.xen.package.startswith("xen-hypervisor-")
+
+
+def test_xen_hypervisor_needs_a_xen_table() -> None:
+    text = GOOD.decode()
+    start = text.index("[xen]\n")
+    end = text.index("[tender]\n")
+    bad = (text[:start] + text[end:]).replace('hypervisor = "kvm"', 'hypervisor = "xen"')
+    with pytest.raises(ConfigError, match=r"field 'image.hypervisor': \"xen\" needs a \[xen\]"):
+        parse_recipe(bad.encode(), "recipe.toml")
+
+
+def test_unknown_hypervisor_is_named() -> None:
+    bad = _edit('hypervisor = "kvm"', 'hypervisor = "hyperv"')
+    with pytest.raises(ConfigError, match=r"field 'image.hypervisor': expected one of kvm, xen"):
+        parse_recipe(bad, "recipe.toml")
+
+
+def test_xen_needs_a_uart_console_xen_can_own() -> None:
+    bad = _edit('hypervisor = "kvm"', 'hypervisor = "xen"').replace(
+        b'device = "ttyS0"', b'device = "ttyUSB0"'
+    )
+    with pytest.raises(ConfigError, match=r"field 'console.device': with image.hypervisor"):
+        parse_recipe(bad, "recipe.toml")
+
+
+def test_xen_options_cannot_set_the_console() -> None:
+    bad = _edit('options = "dom0_mem', 'options = "console=vga dom0_mem')
+    with pytest.raises(ConfigError, match=r"field 'xen.options': leave out console="):
+        parse_recipe(bad, "recipe.toml")
+
+
+def test_hypervisor_override_is_validated() -> None:
+    r = parse_recipe(GOOD, "recipe.toml")
+    assert with_hypervisor(r, "xen", source="--hypervisor").hypervisor == "xen"
+    with pytest.raises(ConfigError, match=r"--hypervisor: expected one of kvm, xen"):
+        with_hypervisor(r, "bhyve", source="--hypervisor")
 
 
 def test_unknown_top_level_key_is_rejected() -> None:
