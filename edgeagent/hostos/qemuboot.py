@@ -291,7 +291,7 @@ def boot_to_health(
     *,
     edgeagent: Path,
     registry_addr: str,
-    workload: str = "ticker",
+    workload: str | tuple[str, ...] = "ticker",
     marker: str | None = None,
     wait_blessed: bool = False,
     deadline_s: float = 420.0,
@@ -301,7 +301,8 @@ def boot_to_health(
 ) -> BootResult:
     """Serve ``repo`` inside a fresh netns and boot a copy of ``disk`` (``workdir/disk.img``).
 
-    Returns when the agent's status line shows ``workload`` healthy and, if ``marker`` is
+    Returns when the agent's status line shows ``workload`` (or all of several) healthy and, if
+    ``marker`` is
     given, a console line containing ``marker`` was seen, and, with ``wait_blessed``, a status
     line shows the boot blessed by the agent's host OTA; or at the deadline. The copy is
     left in ``workdir`` for the caller to inspect.
@@ -337,7 +338,8 @@ def boot_to_health(
                         doc = status_line(line)
                         if doc is not None:
                             first = first if first is not None else t
-                            if healthy is None and workload_healthy(doc, workload):
+                            names = (workload,) if isinstance(workload, str) else workload
+                            if healthy is None and all(workload_healthy(doc, n) for n in names):
                                 healthy = t
                             if blessed is None and host_blessed(doc):
                                 blessed = t

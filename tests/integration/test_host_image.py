@@ -3,9 +3,10 @@
 The test builds host-os/out/disk.img when it is missing or older than its inputs (about 1.5 min
 with a warm host-os/cache/), boots a private copy in QEMU (q35, OVMF pflash, TCG, `-cpu max`)
 with its NIC on a TAP inside a network namespace the test creates, serves a registry holding a
-signed `ticker` on the namespace's address (the one baked into the image, signed by the
-repository whose root the image trusts), and reads the agent's JSON status lines from the
-serial pty until the booted host reports ticker running and healthy under nested KVM.
+signed `ticker` (hvt) and `ticker-q` (kind qemu, the multiboot build) on the namespace's
+address (the one baked into the image, signed by the repository whose root the image trusts),
+and reads the agent's JSON status lines from the serial pty until the booted host reports both
+running and healthy (edge-tender and QEMU, each on the nested KVM) and its boot blessed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "host-os" / "out"
 DISK = OUT / "disk.img"
 TICKER = REPO / "image-recipes" / "out" / "ticker.hvt"
+TICKER_QEMU = REPO / "image-recipes" / "out" / "ticker.qemu"
 EDGEAGENT = Path(sys.executable).parent / "edgeagent"
 REGISTRY_ADDR = "10.0.2.2"  # host-os/recipe.toml [agent] registry_url / [network] gateway
 BOOT_DEADLINE_S = 420.0
@@ -61,8 +63,9 @@ def _require_tools() -> None:
             pytest.skip(f"{tool} is not installed (docs/host-os.md lists the packages)")
     if not OVMF_CODE.exists():
         pytest.skip(f"{OVMF_CODE} missing (Debian package ovmf)")
-    if not TICKER.exists():
-        pytest.skip(f"{TICKER} missing: run `make images`")
+    for image in (TICKER, TICKER_QEMU):
+        if not image.exists():
+            pytest.skip(f"{image} missing: run `make images`")
 
 
 def test_manifest_verifies_against_baked_trust_root() -> None:
@@ -104,12 +107,36 @@ def test_booted_host_pulls_signed_ticker_and_reports_it_healthy(tmp_path: Path) 
         check=True,
         capture_output=True,
     )
+    # A kind qemu workload too: the image ships qemu-system-x86 (a multiboot ticker under QEMU,
+    # itself on the nested KVM inside this TCG-booted host).
+    subprocess.run(
+        [
+            EDGEAGENT,
+            "repo",
+            "add",
+            repo,
+            TICKER_QEMU,
+            "--name",
+            "ticker-q",
+            "--version",
+            "1",
+            "--kind",
+            "qemu",
+            "--mem",
+            "16",
+            "--arg",
+            "interval_ms=1000",
+        ],
+        check=True,
+        capture_output=True,
+    )
     result = boot_to_health(
         disk,
         repo,
         tmp_path / "vm",
         edgeagent=EDGEAGENT,
         registry_addr=REGISTRY_ADDR,
+        workload=("ticker", "ticker-q"),
         wait_blessed=True,
         deadline_s=BOOT_DEADLINE_S,
     )
@@ -118,7 +145,7 @@ def test_booted_host_pulls_signed_ticker_and_reports_it_healthy(tmp_path: Path) 
         f"no agent status line on the serial console:\n{result.console_tail}"
     )
     assert result.workload_healthy_s is not None, (
-        f"ticker never reported healthy:\n{result.console_tail}"
+        f"ticker (hvt) and ticker-q (qemu) never both reported healthy:\n{result.console_tail}"
     )
     # Boot counting: systemd-boot counted slot A's first boot (+3-0 -> +2-1) and the agent's
     # host OTA (on in the shipped recipe) blessed it once healthy, so the ESP now names it
