@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from edgeagent.errors import BuildError, ConfigError, EdgeAgentError
+from edgeagent.hostos import debpkg
 from edgeagent.hostos import layout as lay
 from edgeagent.hostos import manifest as mft
 from edgeagent.hostos.recipe import HostRecipe, parse_recipe, with_hypervisor, with_overrides
@@ -326,19 +327,11 @@ class Builder:
     # -- 4: kernel, initramfs, UKIs ----------------------------------------------------------
 
     def _unpack(self, pkg: str, dest: Path) -> Path:
-        """``apt-get download`` ``pkg`` into the cache (once) and ``dpkg-deb -x`` it to ``dest``."""
-        debs = self.cache / "debs"
-        debs.mkdir(parents=True, exist_ok=True)
-        found = sorted(debs.glob(f"{pkg}_*_amd64.deb"))
-        if not found:
-            _run(["apt-get", "download", pkg], cwd=debs)
-            found = sorted(debs.glob(f"{pkg}_*_amd64.deb"))
-            if not found:
-                raise BuildError(f"apt-get download {pkg} left no .deb in {debs}")
-        deb = found[-1]
+        """``pkg``'s .deb (downloaded into the cache once) unpacked into a fresh ``dest``."""
+        deb = debpkg.fetch([pkg], self.cache / "debs")[pkg]
         if dest.exists():
             shutil.rmtree(dest)
-        _run(["dpkg-deb", "-x", deb, dest])
+        debpkg.unpack(deb, dest)
         return deb
 
     def kernel(self) -> tuple[Path, Path, str]:

@@ -9,8 +9,8 @@ the library instead of a failure at boot.
 
 What it does not do: resolve package dependencies (callers list the packages they need; the
 library check catches omissions), run maintainer scripts, or touch the build machine's dpkg
-database. Used by the Xen test bed (`edgeagent.hostos.xen_testbed`); the host image's Xen
-variant can reuse it.
+database. Used by the Xen test bed (`edgeagent.hostos.xen_testbed`) and by the host image
+build for its kernel and Xen packages (`edgeagent.hostos.build`).
 """
 
 from __future__ import annotations

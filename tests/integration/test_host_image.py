@@ -44,15 +44,33 @@ def _inputs() -> list[Path]:
     return [f for f in files if f.is_file()]
 
 
-def fresh_image() -> Path:
-    """Return host-os/out/disk.img, (re)building it when it is missing or stale."""
-    stale = not DISK.exists() or not (OUT / "manifest.json").exists()
+def fresh_image(out: Path = OUT, *build_args: str | Path) -> Path:
+    """Return ``out``/disk.img, (re)building it (``build_args`` for the build, e.g.
+    ``--hypervisor xen --out DIR``) when it is missing or older than its inputs."""
+    disk = out / "disk.img"
+    stale = not disk.exists() or not (out / "manifest.json").exists()
     if not stale:
-        built = (OUT / "manifest.json").stat().st_mtime
+        built = (out / "manifest.json").stat().st_mtime
         stale = any(f.stat().st_mtime > built for f in _inputs())
     if stale:
-        subprocess.run([sys.executable, "-m", "edgeagent.hostos.build"], cwd=REPO, check=True)
-    return DISK
+        subprocess.run(
+            [sys.executable, "-m", "edgeagent.hostos.build", *build_args], cwd=REPO, check=True
+        )
+    return disk
+
+
+def served_repo(out: Path, dest: Path, *targets: tuple[Path, str, list[str]]) -> Path:
+    """Copy the repository whose root the build in ``out`` baked in to ``dest`` and publish
+    ``targets`` there: (image, name, extra ``repo add`` options), each as version 1."""
+    baked = json.loads((out / "build-info.json").read_text())["repository"]
+    shutil.copytree(baked, dest)
+    for image, name, options in targets:
+        subprocess.run(
+            [EDGEAGENT, "repo", "add", dest, image, "--name", name, "--version", "1", *options],
+            check=True,
+            capture_output=True,
+        )
+    return dest
 
 
 def _require_tools() -> None:
@@ -84,51 +102,14 @@ def test_manifest_verifies_against_baked_trust_root() -> None:
 def test_booted_host_pulls_signed_ticker_and_reports_it_healthy(tmp_path: Path) -> None:
     _require_tools()
     disk = fresh_image()
-    repo = tmp_path / "repo"
-    # The repository whose root the build baked in (EDGE_HOSTOS_REPO or the demo one).
-    baked = json.loads((OUT / "build-info.json").read_text())["repository"]
-    shutil.copytree(baked, repo)
-    subprocess.run(
-        [
-            EDGEAGENT,
-            "repo",
-            "add",
-            repo,
-            TICKER,
-            "--name",
-            "ticker",
-            "--version",
-            "1",
-            "--mem",
-            "4",
-            "--arg",
-            "interval_ms=1000",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    # A kind qemu workload too: the image ships qemu-system-x86 (a multiboot ticker under QEMU,
+    # The repository whose root the build baked in (EDGE_HOSTOS_REPO or the demo one), with a
+    # kind qemu workload too: the image ships qemu-system-x86 (a multiboot ticker under QEMU,
     # itself on the nested KVM inside this TCG-booted host).
-    subprocess.run(
-        [
-            EDGEAGENT,
-            "repo",
-            "add",
-            repo,
-            TICKER_QEMU,
-            "--name",
-            "ticker-q",
-            "--version",
-            "1",
-            "--kind",
-            "qemu",
-            "--mem",
-            "16",
-            "--arg",
-            "interval_ms=1000",
-        ],
-        check=True,
-        capture_output=True,
+    repo = served_repo(
+        OUT,
+        tmp_path / "repo",
+        (TICKER, "ticker", ["--mem", "4", "--arg", "interval_ms=1000"]),
+        (TICKER_QEMU, "ticker-q", ["--kind", "qemu", "--mem", "16", "--arg", "interval_ms=1000"]),
     )
     result = boot_to_health(
         disk,

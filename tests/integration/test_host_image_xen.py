@@ -13,20 +13,23 @@ agent reports ticker running and healthy as a Xen domain started with xl.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from edgeagent.hostos.manifest import verify_manifest
 from edgeagent.hostos.qemuboot import boot_to_health
-from tests.integration.test_host_image import EDGEAGENT, REGISTRY_ADDR, _inputs, _require_tools
+from tests.integration.test_host_image import (
+    EDGEAGENT,
+    REGISTRY_ADDR,
+    _require_tools,
+    fresh_image,
+    served_repo,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "host-os" / "out-xen"
-DISK = OUT / "disk.img"
 TICKER_XEN = REPO / "image-recipes" / "out" / "ticker.xen"
 # Xen's own boot, then a PV dom0 kernel under TCG through OVMF is slow (minutes, see
 # docs/host-os.md); the deadline is generous because CI machines are shared.
@@ -37,17 +40,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
 def fresh_xen_image() -> Path:
     """Return host-os/out-xen/disk.img, (re)building it when it is missing or stale."""
-    stale = not DISK.exists() or not (OUT / "manifest.json").exists()
-    if not stale:
-        built = (OUT / "manifest.json").stat().st_mtime
-        stale = any(f.stat().st_mtime > built for f in _inputs())
-    if stale:
-        subprocess.run(
-            [sys.executable, "-m", "edgeagent.hostos.build", "--hypervisor", "xen", "--out", OUT],
-            cwd=REPO,
-            check=True,
-        )
-    return DISK
+    return fresh_image(OUT, "--hypervisor", "xen", "--out", OUT)
 
 
 def test_xen_variant_manifest_verifies_and_names_the_hypervisor() -> None:
@@ -74,29 +67,10 @@ def test_xen_host_boots_dom0_and_runs_signed_ticker_as_a_xen_domain(tmp_path: Pa
     if not TICKER_XEN.exists():
         pytest.skip(f"{TICKER_XEN} missing: run `make images`")
     disk = fresh_xen_image()
-    repo = tmp_path / "repo"
-    baked = json.loads((OUT / "build-info.json").read_text())["repository"]
-    shutil.copytree(baked, repo)
-    subprocess.run(
-        [
-            EDGEAGENT,
-            "repo",
-            "add",
-            repo,
-            TICKER_XEN,
-            "--name",
-            "ticker",
-            "--version",
-            "1",
-            "--kind",
-            "xen",
-            "--mem",
-            "8",
-            "--arg",
-            "interval_ms=1000",
-        ],
-        check=True,
-        capture_output=True,
+    repo = served_repo(
+        OUT,
+        tmp_path / "repo",
+        (TICKER_XEN, "ticker", ["--kind", "xen", "--mem", "8", "--arg", "interval_ms=1000"]),
     )
     result = boot_to_health(
         disk,
